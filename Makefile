@@ -1,0 +1,27 @@
+# `make book` and `make test` set everything up on a fresh machine (Python 3.11 and npm present).
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: setup book test clean
+setup: $(VENV)/.installed book/_vendor/.fetched
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements.txt -e . $(PIP_QUIET)
+	touch $@
+
+book/_vendor/.fetched: book/fetch_assets.sh
+	bash book/fetch_assets.sh book/_vendor
+	touch $@
+
+book: setup
+	$(PY) -m rnnnotes book --profile book
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf book/_build book/notebooks results

@@ -1,0 +1,17 @@
+"""Argument checks that name the offending parameter."""
+import numbers
+
+
+def require_positive(**values):
+    """Raise ``ValueError`` naming the first argument that is not a positive number."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def require_shape(name, tensor, shape):
+    """Raise ``ValueError`` unless ``tensor.shape`` matches ``shape`` (``None`` matches any size)."""
+    ok = tensor.dim() == len(shape) and all(s is None or s == t for s, t in zip(shape, tensor.shape))
+    if not ok:
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(tensor.shape)}")
