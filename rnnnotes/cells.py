@@ -39,13 +39,18 @@ def spike(v_scaled, gamma):
 
 
 class SpikingState(NamedTuple):
-    """State of a LIF/ALIF layer: voltage, last spikes, adaptation, refractory steps left, delayed currents."""
+    """State of a LIF/ALIF layer: voltage, last spikes, adaptation, refractory steps left, spike history."""
 
     v: torch.Tensor  # (B, n) membrane potential
     z: torch.Tensor  # (B, n) spikes of the previous step, in units of 1/dt
     b: torch.Tensor  # (B, n) threshold adaptation variable
     ref: torch.Tensor  # (B, n) refractory steps left (no gradient)
-    pending: torch.Tensor  # (B, n_delay - 1, n) recurrent currents arriving 1..n_delay-1 steps from now
+    history: torch.Tensor  # (B, (n_delay - 1) * n) older spikes z_{t-2}, ..., z_{t-n_delay} (delayed synapses)
+
+    @property
+    def presynaptic(self):
+        """The spikes that delayed synapses read: ``z_{t-1}, ..., z_{t-n_delay}``, ``(B, n_delay * n)``."""
+        return torch.cat([self.z, self.history], dim=1) if self.history.shape[1] else self.z
 
 
 class SpikingOutput(NamedTuple):
@@ -58,10 +63,20 @@ class RateState(NamedTuple):
     v: torch.Tensor  # (B, n) pre-activation
     z: torch.Tensor  # (B, n) rate, phi(v)
 
+    @property
+    def presynaptic(self):
+        return self.z
+
 
 class RateOutput(NamedTuple):
     z: torch.Tensor  # (T, B, n) rates
     v: torch.Tensor  # (T, B, n) pre-activations
+
+
+def recurrent_input(state, w_rec):
+    """The recurrent current ``z_{t-1} @ W_rec`` (with delays: the spike history times the delay-stacked
+    weights): the exact default that credit rules may replace in training."""
+    return state.presynaptic @ w_rec
 
 
 def _no_self_connections(w_rec):
@@ -113,20 +128,22 @@ class RateRNN(_Recurrent):
         zeros = torch.zeros(batch, self.n, device=device, dtype=dtype)
         return RateState(v=zeros, z=zeros.clone())
 
-    def step(self, input_current, state, w_rec=None):
+    def step(self, input_current, state, w_rec=None, recurrent=None):
         """One step; ``input_current = x_t @ w_in`` of shape ``(B, n)``."""
         w_rec = self.recurrent_weights() if w_rec is None else w_rec
-        v = self.alpha * state.v + (1.0 - self.alpha) * (input_current + state.z @ w_rec)
+        rec = (recurrent or recurrent_input)(state, w_rec)
+        v = self.alpha * state.v + (1.0 - self.alpha) * (input_current + rec)
         z = self.activations[self.activation](v)
         return z, RateState(v=v, z=z)
 
-    def forward(self, x, state=None):
+    def forward(self, x, state=None, *, recurrent=None):
+        """Run ``x (T, B, n_in)``; ``recurrent(state, w_rec)`` replaces ``state.z @ w_rec`` (credit rules)."""
         self._check_input(x)
         state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype) if state is None else state
         current, w_rec = x @ self.w_in, self.recurrent_weights()
         zs, vs = [], []
         for i_t in current:
-            z, state = self.step(i_t, state, w_rec)
+            z, state = self.step(i_t, state, w_rec, recurrent)
             zs.append(z)
             vs.append(state.v)
         return RateOutput(z=torch.stack(zs), v=torch.stack(vs))
@@ -165,50 +182,53 @@ class _SpikingLayer(_Recurrent):
         device = device or self.w_in.device
         dtype = dtype or self.w_in.dtype
         zeros = torch.zeros(batch, self.n, device=device, dtype=dtype)
-        pending = torch.zeros(batch, self.n_delay - 1, self.n, device=device, dtype=dtype)
-        return SpikingState(v=zeros, z=zeros.clone(), b=zeros.clone(), ref=zeros.clone(), pending=pending)
+        history = torch.zeros(batch, (self.n_delay - 1) * self.n, device=device, dtype=dtype)
+        return SpikingState(v=zeros, z=zeros.clone(), b=zeros.clone(), ref=zeros.clone(), history=history)
 
     def _by_delay(self, w, delay):
-        """Stack ``w`` into ``(n_pre, n_delay * n)``: block ``d`` holds the synapses of delay ``d``."""
-        one_hot = nn.functional.one_hot(delay, self.n_delay).to(w.dtype)  # (n_pre, n, n_delay)
-        return (w.unsqueeze(-1) * one_hot).transpose(1, 2).reshape(w.shape[0], -1)
+        """``(n_delay, n_pre, n)``: slice ``d`` holds the synapses of ``w`` whose delay is ``d``."""
+        if self.n_delay == 1:
+            return w.unsqueeze(0)
+        return w * (delay == torch.arange(self.n_delay, device=w.device).view(-1, 1, 1))
+
+    def stacked_recurrent_weights(self):
+        """``(n_delay * n, n)``: the weights that act on the spike history ``z_{t-1}, ..., z_{t-n_delay}``."""
+        return self._by_delay(self.recurrent_weights(), self.delay_rec).flatten(0, 1)
 
     def input_current(self, x):
-        """Feed-forward current ``sum_d x_{t-d} W_in^(d)`` for all steps at once, ``(T, B, n)``."""
+        """Feed-forward current ``sum_d x_{t-d} W_in^(d)`` for all steps at once, ``(T, B, n)``: one matmul of
+        the delay-shifted inputs ``[x_t, x_{t-1}, ..., x_{t-n_delay+1}]`` with the delay-stacked weights."""
         if self.n_delay == 1:
             return x @ self.w_in
-        per_delay = (x @ self._by_delay(self.w_in, self.delay_in)).unflatten(-1, (self.n_delay, self.n))
-        current = per_delay[:, :, 0].clone()
-        for d in range(1, min(self.n_delay, x.shape[0])):
-            current[d:] += per_delay[:-d, :, d]
-        return current
+        shifted = torch.cat([nn.functional.pad(x, (0, 0, 0, 0, d, 0))[:x.shape[0]] for d in range(self.n_delay)], -1)
+        return shifted @ self._by_delay(self.w_in, self.delay_in).flatten(0, 1)
 
-    def step(self, input_current, state, w_rec=None):
+    def step(self, input_current, state, w_rec=None, recurrent=None):
         """One step; ``input_current`` is the feed-forward current at this step, ``(B, n)``."""
         if w_rec is None:
-            w_rec = self._by_delay(self.recurrent_weights(), self.delay_rec)
-        beta = self.beta.to(state.v.dtype)
-        b = self.rho * state.b + (1.0 - self.rho) * state.z
-        threshold = self.thr + beta * b
-        recurrent = (state.z @ w_rec).unflatten(-1, (self.n_delay, self.n))
-        recurrent = recurrent + nn.functional.pad(state.pending, (0, 0, 0, 1))
-        current = input_current + recurrent[:, 0]
-        v = self.alpha * state.v + (1.0 - self.alpha) * current - state.z * threshold * self.dt
+            w_rec = self.stacked_recurrent_weights()
+        b = torch.lerp(state.z, state.b, self.rho)  # rho * b + (1 - rho) * z
+        threshold = self.thr + self.beta.to(b.dtype) * b
+        rec = (recurrent or recurrent_input)(state, w_rec)
+        v = torch.lerp(input_current + rec, state.v, self.alpha) - state.z * threshold * self.dt
         z = spike((state.v - threshold) / threshold, self.gamma)
-        refractory = state.ref > 0
-        z = torch.where(refractory, torch.zeros_like(z), z) / self.dt
-        ref = torch.where(z > 0, torch.full_like(state.ref, self.n_ref), (state.ref - 1).clamp(min=0))
-        new_state = SpikingState(v=v, z=z, b=b, ref=ref, pending=recurrent[:, 1:])
-        return (z, v, threshold), new_state
+        ref = state.ref
+        if self.n_ref:  # refractory neurons are silenced by a mask, which also blocks their gradient
+            z = z * (ref <= 0)
+            ref = (ref - 1).clamp(min=0) + z.detach() * self.n_ref
+        z = z / self.dt if self.dt != 1.0 else z
+        history = state.presynaptic[:, :-self.n]
+        return (z, v, threshold), SpikingState(v=v, z=z, b=b, ref=ref, history=history)
 
-    def forward(self, x, state=None):
+    def forward(self, x, state=None, *, recurrent=None):
+        """Run ``x (T, B, n_in)``; ``recurrent(state, w_rec)`` replaces ``state.z @ w_rec`` (credit rules)."""
         self._check_input(x)
         state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype) if state is None else state
         current = self.input_current(x)
-        w_rec = self._by_delay(self.recurrent_weights(), self.delay_rec)
+        w_rec = self.stacked_recurrent_weights()
         outputs = []
         for i_t in current:
-            out, state = self.step(i_t, state, w_rec)
+            out, state = self.step(i_t, state, w_rec, recurrent)
             outputs.append(out)
         z, v, threshold = (torch.stack(o) for o in zip(*outputs))
         return SpikingOutput(z=z, v=v, threshold=threshold)

@@ -24,3 +24,56 @@ def voltage_trace(ax, v, threshold, z, *, dt=1.0, color="C0", label=""):
     ax.plot(spikes, np.full_like(spikes, np.max(threshold) * 1.15), "|", color=color, ms=8)
     ax.set_xlabel("time (ms)")
     ax.set_ylabel("membrane potential (a.u.)")
+
+
+def store_recall_panels(axes, x, z, threshold, out, y, *, window, n_regular):
+    """The LSNN tutorial's four panels for one trial: inputs, spikes, output vs target, adaptive thresholds.
+
+    ``x (T, n_in)``, ``z``/``threshold (T, n)``, ``out (T, 2)`` readout logits, ``y (T // window,)`` targets.
+    """
+    x, z, threshold, out, y = map(_np, (x, z, threshold, out, y))
+    T, n_in = x.shape
+    t = np.arange(T)
+    shown = np.linspace(0, n_in - 1, 20).astype(int)
+    raster(axes[0], x[:, shown])
+    group = n_in // 4
+    for k, (name, color) in enumerate((("value 0", "tab:red"), ("value 1", "tab:blue"),
+                                       ("store", "gold"), ("recall", "tab:green"))):
+        rows = np.nonzero((shown >= k * group) & (shown < (k + 1) * group))[0]
+        if len(rows):
+            axes[0].axhspan(rows[0] - 0.5, rows[-1] + 0.5, color=color, alpha=0.2, label=name)
+    axes[0].set_ylabel("input channel")
+    axes[0].legend(loc="upper right", fontsize=7, ncol=4)
+    raster(axes[1], z[:, :n_regular], color="C0", label="LIF")
+    raster(axes[1], z[:, n_regular:], color="C1", offset=n_regular, label="ALIF")
+    axes[1].legend(loc="upper right", fontsize=7)
+    p1 = np.exp(out[:, 1]) / np.exp(out).sum(1)
+    axes[2].plot(t, p1, color="tab:purple", lw=0.8, label="p(bit = 1), time-resolved")
+    for k, label in enumerate(y):
+        if label >= 0:
+            span = slice(k * window, (k + 1) * window)
+            logits = out[span].mean(0)
+            averaged = np.exp(logits[1]) / np.exp(logits).sum()
+            axes[2].plot(t[span], np.full(window, label), color="tab:green", lw=3,
+                         label="target" if k == np.argmax(y >= 0) else None)
+            axes[2].plot(t[span], np.full(window, averaged), color="tab:blue", lw=2,
+                         label="p(bit = 1), window average" if k == np.argmax(y >= 0) else None)
+    axes[2].set_ylim(-0.05, 1.05)
+    axes[2].set_ylabel("output")
+    axes[2].legend(loc="upper right", fontsize=7)
+    adaptive = threshold[:, n_regular:]
+    top = np.argsort(adaptive.var(0))[-10:]
+    axes[3].plot(t, adaptive[:, top], lw=0.8)
+    axes[3].set_ylabel("threshold A_t (a.u.)")
+    for ax in axes:
+        ax.set_xlim(0, T)
+    axes[-1].set_xlabel("time (ms)")
+
+
+def learning_curves(ax, history, columns, *, labels=None):
+    """Metric columns of a training history against the step (NaN rows skipped)."""
+    for k, column in enumerate(columns):
+        rows = history[history[column].notna()]
+        ax.plot(rows["step"], rows[column], label=labels[k] if labels else column)
+    ax.set_xlabel("training step")
+    ax.legend(fontsize=8)

@@ -19,6 +19,28 @@ PROFILES = {
         "book": {"duration_ms": 1000, "n_currents": 40, "n_poisson": 200},
         "paper": {"duration_ms": 2000, "n_currents": 80, "n_poisson": 400},
     },
+    "02_store_recall": {  # the LSNN tutorial's settings; book and paper differ only in the validation cadence
+        "smoke": {},
+        "book": {"n_symbols": 12, "symbol_ms": 200, "batch_size": 128, "n_iterations": 200, "eval_every": 5,
+                 "stop_window": 4},
+        "paper": {"n_symbols": 12, "symbol_ms": 200, "batch_size": 128, "n_iterations": 200, "eval_every": 1,
+                  "stop_window": 20},
+    },
+    "03_smnist": {  # book: CPU minutes, no synaptic delays (2.5x cheaper on CPU); paper: the LSNN tutorial
+        "smoke": {},
+        "book": {"n_regular": 120, "n_adaptive": 100, "n_iterations": 300, "batch_size": 64, "n_delay": 1,
+                 "eval_every": 50, "max_test": 256, "final_test": 1000},
+        "paper": {"n_regular": 120, "n_adaptive": 100, "n_iterations": 36000, "batch_size": 256,
+                  "eval_every": 400, "max_test": 10000, "final_test": 10000},
+    },
+    "04_credit_assignment": {  # book: 8 seeds x 4 rules within CPU minutes (shorter delay); paper: ModProp's
+        "smoke": {},
+        "book": {"n_seeds": 8, "n_neurons": 120, "delay_ms": 300, "cue_ms": 100, "n_iterations": 300,
+                 "batch_size": 32, "lr": 1e-3, "eval_every": 20, "mus": [0.05, 0.25, 1.0, 4.0], "n_val_batches": 2},
+        "paper": {"n_seeds": 8, "n_neurons": 120, "delay_ms": 700, "cue_ms": 100, "n_iterations": 3000,
+                  "batch_size": 32, "lr": 5e-4, "eval_every": 20, "mus": [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0],
+                  "n_val_batches": 4},
+    },
 }
 
 

@@ -8,11 +8,10 @@ from pathlib import Path
 import nbformat
 import papermill
 
-from . import profiles
+from . import profiles, store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = store.ROOT
 BOOK_DIR = ROOT / "book"
-RESULTS_DIR = Path(os.environ.get("RNNNOTES_RESULTS", ROOT / "results"))
 
 
 class NotebookFailed(RuntimeError):
@@ -26,9 +25,9 @@ def run(name, profile="smoke", overrides=None, *, output=None, cell_timeout=None
     """
     parameters = profiles.resolve(name, profile, overrides)
     source = profiles.notebook_path(name)
-    output = Path(output or RESULTS_DIR / "executed" / f"{name}-{profile}.ipynb").resolve()
+    output = Path(output or store.results_root() / "executed" / f"{name}-{profile}.ipynb").resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("RNNNOTES_RESULTS", str(RESULTS_DIR))  # the kernel inherits it
+    os.environ["RNNNOTES_RESULTS"] = str(store.results_root().resolve())  # the kernel inherits it
     try:
         papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name="python3",
                                    progress_bar=False, cwd=str(source.parent), execution_timeout=cell_timeout)

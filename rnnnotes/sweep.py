@@ -6,7 +6,7 @@ One failure never stops the others; the summary says what ran and what failed. A
 import itertools
 from concurrent.futures import ProcessPoolExecutor
 
-from . import profiles, runner
+from . import profiles, runner, store
 
 
 def grid(axes):
@@ -20,7 +20,7 @@ def _label(point):
 
 
 def _execute(name, profile, point):
-    output = runner.RESULTS_DIR / "sweeps" / name / profile / f"{_label(point)}.ipynb"
+    output = store.results_root() / "sweeps" / name / profile / f"{_label(point)}.ipynb"
     try:
         return "ok", str(runner.run(name, profile, point, output=output))
     except runner.NotebookFailed as err:

@@ -72,7 +72,7 @@ def failing_notebook(tmp_path, monkeypatch):
                 nbformat.v4.new_code_cell("if x == 2:\n    raise ValueError('x must not be 2')")]
     nbformat.write(nb, tmp_path / "98_failing.ipynb")
     monkeypatch.setattr(profiles, "NOTEBOOK_DIR", tmp_path)
-    monkeypatch.setattr(runner, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setenv("RNNNOTES_RESULTS", str(tmp_path / "results"))
     return tmp_path
 
 

@@ -1,0 +1,69 @@
+"""A recurrent layer with a leaky linear readout: the network every training notebook uses."""
+import math
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .checks import require_positive
+
+
+def readout_matmul(psp, w_out):
+    """The readout ``psp @ W_out``: the exact default that credit rules may replace (e.g. random feedback)."""
+    return psp @ w_out
+
+
+class Readout(nn.Module):
+    r"""Leaky readout of the LSNN tutorials.
+
+    .. math:: \mathrm{psp}_t = \kappa\, \mathrm{psp}_{t-1} + (1 - \kappa) z_t, \qquad
+              y_t = \mathrm{psp}_t W_{out} + b_{out}, \qquad \kappa = e^{-dt/\tau_{out}}
+
+    ``tau_out=None`` reads ``z`` directly (``psp = z``). ``W_out`` is Glorot-uniform, ``b_out`` starts at 0.
+    """
+
+    def __init__(self, n, n_out, *, tau_out=None, dt=1.0, bias=True, seed=None):
+        super().__init__()
+        require_positive(n=n, n_out=n_out, dt=dt)
+        if tau_out is not None:
+            require_positive(tau_out=tau_out)
+        self.kappa = 0.0 if tau_out is None else math.exp(-dt / tau_out)
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        limit = math.sqrt(6.0 / (n + n_out))
+        self.w_out = nn.Parameter((torch.rand(n, n_out, generator=g) * 2 - 1) * limit)
+        self.b_out = nn.Parameter(torch.zeros(n_out)) if bias else None
+
+    def filter(self, z):
+        """The low-pass filtered activity ``psp`` of ``z (T, B, n)``."""
+        if self.kappa == 0.0:
+            return z
+        psp, out = torch.zeros_like(z[0]), []
+        for z_t in z:
+            psp = self.kappa * psp + (1.0 - self.kappa) * z_t
+            out.append(psp)
+        return torch.stack(out)
+
+    def forward(self, z, *, matmul=None):
+        out = (matmul or readout_matmul)(self.filter(z), self.w_out)
+        return out if self.b_out is None else out + self.b_out
+
+
+class NetworkOutput(NamedTuple):
+    out: torch.Tensor  # (T, B, n_out) readout
+    hidden: Any  # the cell's output NamedTuple: z (T, B, n), and v, threshold for spiking cells
+
+
+class Network(nn.Module):
+    """``cell`` followed by ``readout``. A credit ``rule`` (training only) swaps how gradients flow, never values."""
+
+    def __init__(self, cell, readout):
+        super().__init__()
+        if readout.w_out.shape[0] != cell.n:
+            raise ValueError(f"readout expects {readout.w_out.shape[0]} neurons, the cell has {cell.n}")
+        self.cell, self.readout = cell, readout
+
+    def forward(self, x, *, rule=None):
+        """Readout of the cell's activity; ``rule`` (training only) may add a zero-valued credit term to it."""
+        hidden = self.cell(x, recurrent=rule.recurrent if rule else None)
+        z = hidden.z + rule.side(self.cell, hidden) if rule and rule.side else hidden.z
+        return NetworkOutput(out=self.readout(z, matmul=rule.readout if rule else None), hidden=hidden)

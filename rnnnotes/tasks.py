@@ -1,0 +1,347 @@
+"""Tasks as seeded batch generators: LSNN store-recall, ModProp's delayed XOR and LSNN sequential MNIST.
+
+Every task returns a :class:`Batch`: time-first input ``x (T, B, n_in)`` with dt = 1 ms, and labels
+``y (T // window, B)`` for consecutive windows of ``window`` steps (-1 where a window has no target). The loss of
+every task is the cross-entropy of the readout averaged over each window (``losses.cross_entropy``). Every
+stochastic function takes a ``generator``; :class:`TaskStream` makes batch ``step`` a pure function of
+``(seed, step)``, so a resumed run sees exactly the data it would have seen.
+"""
+import inspect
+import math
+import numbers
+from typing import NamedTuple
+
+import torch
+
+from .checks import require_positive, require_shape
+
+
+class Batch(NamedTuple):
+    """One batch. The logits of window ``k`` are ``out[k * window:(k + 1) * window].mean(0)``."""
+
+    x: torch.Tensor  # (T, B, n_in) float32 input
+    y: torch.Tensor  # (T // window, B) int64 class labels, -1 where that window has no target
+    window: int  # consecutive steps averaged into one decision
+
+    @property
+    def mask(self):
+        """``y >= 0``: the windows that carry a target."""
+        return self.y >= 0
+
+
+def _require_int(**values):
+    """Raise ``ValueError`` naming the first argument that is not a positive integer."""
+    require_positive(**values)
+    for name, value in values.items():
+        if not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _require_nonnegative(**values):
+    """Raise ``ValueError`` naming the first argument that is not a finite number >= 0."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _require_index(name, value, limit):
+    """Raise ``ValueError`` unless ``value`` is an integer in ``[0, limit)``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < limit:
+        raise ValueError(f"{name} must be an integer in [0, {limit}), got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------- reproducible streams
+
+def _fmix32(h):
+    """MurmurHash3's 32-bit finaliser: a bijection of ``[0, 2**32)`` that scatters neighbouring keys."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def step_seed(seed, step):
+    """Generator seed of batch ``step`` of stream ``seed``; distinct pairs give distinct seeds.
+
+    torch's CPU generator keeps only the low 32 bits of a seed, so the pair is packed into 32 bits,
+    ``seed < 2**12`` and ``step < 2**20``, and scattered by a bijection (MurmurHash3 ``fmix32``).
+    """
+    _require_index("seed", seed, 1 << 12)
+    _require_index("step", step, 1 << 20)
+    return _fmix32((int(seed) << 20) | int(step))
+
+
+def _check_arguments(make, kwargs):
+    """Raise ``ValueError`` naming keyword arguments that ``make(generator=..., **kwargs)`` cannot take."""
+    try:
+        signature = inspect.signature(make)
+    except (TypeError, ValueError):
+        return
+    parameters = signature.parameters
+    name = getattr(make, "__name__", type(make).__name__)
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(kwargs) - set(parameters))
+        if unknown:
+            raise ValueError(f"{name} takes no argument {', '.join(map(repr, unknown))}; "
+                             f"it takes {', '.join(p for p in parameters if p != 'generator')}")
+    try:
+        signature.bind(generator=None, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad arguments for {name}: {err}") from None
+
+
+class TaskStream:
+    """Batches of one task, each a pure function of ``(seed, step)``: ``stream(step) -> Batch``.
+
+    ``stream(step)`` calls ``make(generator=torch.Generator().manual_seed(step_seed(seed, step)), **kwargs)``,
+    so the data of step ``k`` never depends on what was drawn before (bitwise resume). ``make`` is a task
+    function, a name in :data:`TASKS`, or any callable taking ``generator=`` (e.g. :class:`SMNIST`).
+    Keyword arguments ``make`` cannot accept fail here; their values are checked by the task on the first call.
+    """
+
+    def __init__(self, make, *, seed, **kwargs):
+        make = get_task(make) if isinstance(make, str) else make
+        if not callable(make):
+            raise TypeError(f"make must be a task function or a task name, got {make!r}")
+        step_seed(seed, 0)
+        _check_arguments(make, kwargs)
+        self.make, self.seed, self.kwargs = make, int(seed), dict(kwargs)
+
+    def generator(self, step):
+        """The fresh generator that batch ``step`` is drawn with."""
+        return torch.Generator().manual_seed(step_seed(self.seed, step))
+
+    def __call__(self, step):
+        return self.make(generator=self.generator(step), **self.kwargs)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items() if not torch.is_tensor(v))
+        return f"TaskStream({getattr(self.make, '__name__', self.make)!r}, seed={self.seed}, {args})"
+
+
+# --------------------------------------------------------------------------------------------------- store-recall
+
+class StoreRecallTrials(NamedTuple):
+    """A store-recall batch with the symbols behind it (for plots).
+
+    ``symbols (n_symbols, B)``: 0 / 1 a value step showing that bit, 2 store, 3 recall.
+    ``shown (n_symbols, B)``: the bit on the value channels (at a store step: the stored bit), -1 at recall.
+    """
+
+    batch: Batch
+    symbols: torch.Tensor
+    shown: torch.Tensor
+
+
+def _valid_store_recall(seq):
+    """Which sequences ``(L, n)`` the LSNN tutorial accepts: store and recall alternate S, R, ..., S, R (at
+    least one pair, a store first, a recall last) and the step after every store is a value step."""
+    store, recall = seq == 2, seq == 3
+    open_stores = store.long().cumsum(0) - recall.long().cumsum(0)
+    alternating = ((open_stores >= 0) & (open_stores <= 1)).all(0) & (open_stores[-1] == 0)
+    value_after_store = ~store[-1] & ~(store[:-1] & (seq[1:] >= 2)).any(0)
+    return store.any(0) & alternating & value_after_store
+
+
+def _store_recall_symbols(batch_size, n_symbols, p_store, generator):
+    """Rejection-sample ``(n_symbols, B)`` sequences: random bits overwritten by alternating store (2) / recall (3),
+    each placed with probability ``p_store`` per step once the other one has appeared."""
+    accepted, n_left = [], batch_size
+    for _ in range(10_000):
+        seq = torch.randint(0, 2, (n_symbols, n_left), generator=generator)
+        place = torch.rand(n_symbols, n_left, generator=generator) < p_store
+        waiting_for_store = torch.ones(n_left, dtype=torch.bool)
+        for t in range(n_symbols):
+            seq[t] = torch.where(place[t], torch.where(waiting_for_store, 2, 3), seq[t])
+            waiting_for_store ^= place[t]
+        seq = seq[:, _valid_store_recall(seq)]
+        accepted.append(seq)
+        n_left -= seq.shape[1]
+        if n_left == 0:
+            return torch.cat(accepted, dim=1)
+    raise ValueError(f"no valid store-recall sequences in 10000 tries with n_symbols={n_symbols}, "
+                     f"p_store={p_store}; increase n_symbols or move p_store away from 0 and 1")
+
+
+def store_recall_trials(batch_size, *, generator, n_symbols=12, symbol_ms=200, n_channels=100, rate_hz=50.0,
+                        p_store=1 / 7):
+    """The LSNN store-recall task (Bellec et al. 2018, LSNN-official tutorial) with its symbols.
+
+    ``n_symbols`` steps of ``symbol_ms`` each. Input channels form 4 groups of ``n_channels // 4``: value 0,
+    value 1, store, recall; channels of an active group fire Poisson spikes with ``p = rate_hz * dt`` per step.
+    Store and recall alternate, starting with store, each placed with probability ``p_store`` per step (the
+    tutorial's ``1 / (1 + seq_delay)``); sequences are rejection-sampled until valid. During a store the value
+    group shows the bit of the following step, which is then flipped with probability 1/2 (a distractor); no
+    value group fires during a recall. The target of every recall step is the bit shown at the most recent
+    store; ``y`` is -1 at all other steps, ``window = symbol_ms``.
+    """
+    _require_int(batch_size=batch_size, n_symbols=n_symbols, symbol_ms=symbol_ms, n_channels=n_channels)
+    require_positive(rate_hz=rate_hz, p_store=p_store)
+    if n_channels % 4:
+        raise ValueError(f"n_channels must be a multiple of 4 (four equal groups), got {n_channels!r}")
+    if rate_hz > 1000:
+        raise ValueError(f"rate_hz must be at most 1000 (one spike per 1 ms step), got {rate_hz!r}")
+    if p_store >= 1:
+        raise ValueError(f"p_store must be below 1 (a store must be followed by a value step), got {p_store!r}")
+    if n_symbols < 3:
+        raise ValueError(f"n_symbols must be at least 3 (store, value, recall), got {n_symbols!r}")
+    seq = _store_recall_symbols(batch_size, n_symbols, p_store, generator)
+    store, recall = seq == 2, seq == 3
+    shown = torch.where(seq < 2, seq, -1)
+    shown[:-1] = torch.where(store[:-1], seq[1:], shown[:-1])  # a store shows the next step's bit ...
+    flip = store[:-1] & (torch.rand(n_symbols - 1, batch_size, generator=generator) < 0.5)
+    shown[1:] = torch.where(flip, 1 - shown[1:], shown[1:])  # ... which is then flipped half of the time
+    y = torch.full_like(seq, -1)
+    stored = torch.zeros(batch_size, dtype=seq.dtype)
+    for t in range(n_symbols):
+        stored = torch.where(store[t], shown[t], stored)
+        y[t] = torch.where(recall[t], stored, -1)
+    active = torch.stack([shown == 0, shown == 1, store, recall], dim=-1)  # (n_symbols, B, 4)
+    active = active.repeat_interleave(n_channels // 4, dim=-1).repeat_interleave(symbol_ms, dim=0)
+    spikes = torch.rand(active.shape, generator=generator) < rate_hz * 1e-3
+    x = (spikes & active).float()
+    return StoreRecallTrials(Batch(x, y, int(symbol_ms)), torch.where(seq < 2, shown, seq), shown)
+
+
+def store_recall(batch_size, *, generator, n_symbols=12, symbol_ms=200, n_channels=100, rate_hz=50.0,
+                 p_store=1 / 7):
+    """The :class:`Batch` of :func:`store_recall_trials` (same arguments, same draws)."""
+    return store_recall_trials(batch_size, generator=generator, n_symbols=n_symbols, symbol_ms=symbol_ms,
+                               n_channels=n_channels, rate_hz=rate_hz, p_store=p_store).batch
+
+
+# ---------------------------------------------------------------------------------------------------- delayed XOR
+
+def delayed_xor(batch_size, *, generator, delay_ms=700, cue_ms=100, baseline=0.02, amplitude=2.0, width_ms=25.0,
+                noise_std=0.01):
+    r"""ModProp's delayed XOR (Liu et al. 2022): two cues ``delay_ms`` apart, label at the last step.
+
+    ``T = cue_ms + delay_ms + cue_ms``, two channels at ``baseline``. Cue bit ``i`` (uniform) of 1 adds
+    :math:`a\,e^{-s^2 / (2 w^2)}`, ``s = linspace(-cue_ms/2, cue_ms/2, cue_ms)``, to channel ``i`` over its window
+    (channel 0 in ``[0, cue_ms)``, channel 1 in ``[T - cue_ms, T)``). Gaussian noise of standard deviation
+    ``noise_std`` is added everywhere (the original's ``np.random.normal(0.0, 0.01)``: 0.01 is the scale, i.e.
+    the std). Label 1 if the bits are equal (XNOR), else 0, at ``t = T - 1`` only; ``window = 1``.
+    """
+    _require_int(batch_size=batch_size, cue_ms=cue_ms)
+    require_positive(amplitude=amplitude, width_ms=width_ms)
+    _require_nonnegative(delay_ms=delay_ms, baseline=baseline, noise_std=noise_std)
+    if not isinstance(delay_ms, numbers.Integral):
+        raise ValueError(f"delay_ms must be an integer number of 1 ms steps, got {delay_ms!r}")
+    T = 2 * cue_ms + int(delay_ms)
+    bits = torch.randint(0, 2, (2, batch_size), generator=generator)
+    s = torch.linspace(-cue_ms / 2, cue_ms / 2, cue_ms, dtype=torch.float64)
+    bump = (amplitude * torch.exp(-s ** 2 / (2 * width_ms ** 2))).float()[:, None]
+    x = torch.full((T, batch_size, 2), float(baseline))
+    x[:cue_ms, :, 0] += bump * bits[0]
+    x[T - cue_ms:, :, 1] += bump * bits[1]
+    x += noise_std * torch.randn(T, batch_size, 2, generator=generator)
+    y = torch.full((T, batch_size), -1, dtype=torch.int64)
+    y[-1] = (bits[0] == bits[1]).long()
+    return Batch(x, y, 1)
+
+
+# ------------------------------------------------------------------------------------------------ sequential MNIST
+
+def threshold_crossing(images, *, n_thresholds=40, cue_ms=56):
+    r"""LSNN threshold-crossing spike code of pixel sequences: ``images (B, L)`` in [0, 1] -> ``(L + cue_ms, B, C)``.
+
+    Pixel ``p_k`` is shown at step ``k``. With thresholds ``linspace(0, 1, n_thresholds)``, each
+    :math:`\theta < 1` gives channel ``2i`` (onset: a spike at step ``k`` when :math:`p_k < \theta \le p_{k+1}`,
+    i.e. one step *before* the first pixel at or above threshold, as in LSNN-official ``find_onset_offset``)
+    and channel ``2i + 1`` (offset: a spike at ``k`` when :math:`p_k \ge \theta > p_{k+1}`). The threshold 1
+    gives channel ``C - 2`` (touch: a spike wherever :math:`p_k = 1`). The channels of :math:`\theta = 0` never
+    fire. Then ``cue_ms`` steps of no input follow, with the cue channel ``C - 1`` firing at every one of them.
+    ``C = 2 * n_thresholds`` (80 for the tutorial).
+    """
+    require_shape("images", images, (None, None))
+    _require_int(n_thresholds=n_thresholds, cue_ms=cue_ms)
+    if n_thresholds < 2:
+        raise ValueError(f"n_thresholds must be at least 2 (0 and 1), got {n_thresholds!r}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+    if images.numel() and not (images.min() >= 0 and images.max() <= 1):
+        raise ValueError(f"images must lie in [0, 1], got values in [{images.min():g}, {images.max():g}]")
+    B, L = images.shape
+    pixels = images.detach().T  # (L, B)
+    theta = torch.linspace(0, 1, n_thresholds, dtype=torch.float64)[:-1].to(pixels)
+    above = pixels[..., None] >= theta  # (L, B, n_thresholds - 1)
+    onset, offset = ~above[:-1] & above[1:], above[:-1] & ~above[1:]
+    n_cross = 2 * (n_thresholds - 1)
+    x = torch.zeros(L + cue_ms, B, n_cross + 2, device=images.device)
+    x[:L - 1, :, :n_cross] = torch.stack([onset, offset], dim=-1).flatten(-2).float()
+    x[:L, :, n_cross] = (pixels == 1).float()
+    x[L:, :, n_cross + 1] = 1.0
+    return x
+
+
+def smnist_encode(images, labels, *, n_thresholds=40, cue_ms=56):
+    """:class:`Batch` of images ``(B, L)`` and labels ``(B,)``: threshold-crossing input, ``window = 28``
+    (one image row), label in the last window (the mean readout over the cue period), -1 elsewhere."""
+    window = 28
+    require_shape("labels", labels, (images.shape[0],))
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    x = threshold_crossing(images, n_thresholds=n_thresholds, cue_ms=cue_ms)
+    if x.shape[0] % window:
+        raise ValueError(f"cue_ms must make L + cue_ms a multiple of {window} steps, got L={images.shape[1]}, "
+                         f"cue_ms={cue_ms}")
+    y = torch.full((x.shape[0] // window, images.shape[0]), -1, dtype=torch.int64, device=x.device)
+    y[-1] = labels.long()
+    return Batch(x, y, window)
+
+
+def smnist_batch(images, labels, batch_size, *, generator, n_thresholds=40, cue_ms=56):
+    """A random batch of ``batch_size`` distinct images of the split (a fresh draw per call, not epochs)."""
+    _require_int(batch_size=batch_size)
+    if batch_size > images.shape[0]:
+        raise ValueError(f"batch_size must be at most the {images.shape[0]} images of the split, got {batch_size}")
+    index = torch.randperm(images.shape[0], generator=generator)[:batch_size].to(images.device)
+    return smnist_encode(images[index], labels[index], n_thresholds=n_thresholds, cue_ms=cue_ms)
+
+
+def smnist_batches(images, labels, batch_size, *, n_thresholds=40, cue_ms=56):
+    """The whole split in order, ``batch_size`` images per :class:`Batch` (the last one may be smaller)."""
+    _require_int(batch_size=batch_size)
+    for start in range(0, images.shape[0], batch_size):
+        yield smnist_encode(images[start:start + batch_size], labels[start:start + batch_size],
+                            n_thresholds=n_thresholds, cue_ms=cue_ms)
+
+
+class SMNIST:
+    """Sequential MNIST of one split as a task: ``SMNIST(images, labels, batch_size=256)(generator=g) -> Batch``.
+
+    Use it as ``TaskStream(SMNIST(train_images, train_labels, batch_size=256), seed=0)``; ``batches()``
+    iterates the whole split in order (test evaluation). Images ``(N, 784)`` in [0, 1], labels ``(N,)``.
+    """
+
+    def __init__(self, images, labels, *, batch_size, n_thresholds=40, cue_ms=56):
+        _require_int(batch_size=batch_size)
+        require_shape("images", images, (None, None))
+        smnist_encode(images[:1], labels[:1], n_thresholds=n_thresholds, cue_ms=cue_ms)  # checks the settings
+        if batch_size > images.shape[0]:
+            raise ValueError(f"batch_size must be at most the {images.shape[0]} images, got {batch_size}")
+        self.images, self.labels, self.batch_size = images, labels, int(batch_size)
+        self.options = dict(n_thresholds=n_thresholds, cue_ms=cue_ms)
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def __call__(self, *, generator):
+        return smnist_batch(self.images, self.labels, self.batch_size, generator=generator, **self.options)
+
+    def batches(self):
+        """The whole split in order (see :func:`smnist_batches`)."""
+        return smnist_batches(self.images, self.labels, self.batch_size, **self.options)
+
+
+# ------------------------------------------------------------------------------------------------------- registry
+
+TASKS = {"store_recall": store_recall, "delayed_xor": delayed_xor}
+
+
+def get_task(name):
+    """The task function registered as ``name`` in :data:`TASKS`."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name]

@@ -1,0 +1,144 @@
+"""The one training loop: progress bar, metrics per step, evaluation, atomic checkpoints, resume, NaN stop."""
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import store
+from .checks import require_positive
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """``steps`` gradient steps; ``evaluate`` every ``eval_every`` steps (0: at the end only); a checkpoint every
+    ``checkpoint_every`` steps; a loss that is not finite or exceeds ``max_loss`` stops the run. With
+    ``stop_metric``, training ends early once the mean of its last ``stop_window`` logged values reaches
+    ``stop_at`` (the LSNN tutorial stops when the recall error over 20 validations is below 5 %)."""
+
+    steps: int
+    eval_every: int = 0
+    checkpoint_every: int = 50
+    max_loss: float = 1e4
+    progress: bool = True
+    stop_metric: str = ""
+    stop_at: float = 1.0
+    stop_window: int = 1
+
+    def __post_init__(self):
+        require_positive(steps=self.steps, checkpoint_every=self.checkpoint_every, max_loss=self.max_loss,
+                         stop_window=self.stop_window)
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+
+    def reached(self, rows):
+        """Whether the early-stopping target is met by the logged ``rows``."""
+        values = [r[self.stop_metric] for r in rows if self.stop_metric in r][-self.stop_window:]
+        return len(values) == self.stop_window and sum(values) / len(values) >= self.stop_at
+
+
+class FitResult(NamedTuple):
+    history: pd.DataFrame  # one row per step; eval_* columns filled at evaluation steps
+    status: str  # "finished" or "diverged"
+    message: str
+
+
+def to_device(batch, device):
+    """The same NamedTuple batch with its tensors on ``device``."""
+    return type(batch)(*(f.to(device) if torch.is_tensor(f) else f for f in batch))
+
+
+def evaluator(objective, batches):
+    """``evaluate(model)``: the objective's metrics averaged over fixed ``batches``, exact gradients not needed."""
+    def evaluate(model):
+        device = next(model.parameters()).device
+        metrics = [objective(model, to_device(b, device))[1] for b in batches]
+        return {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
+    return evaluate
+
+
+def _state(step, rows, model, optimizer, scheduler, rewiring):
+    return {"step": step, "rows": rows, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler else None,
+            "rewiring": rewiring.state_dict() if rewiring else None}
+
+
+def _restore(ckpt, model, optimizer, scheduler, rewiring):
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if rewiring:
+        rewiring.load_state_dict(ckpt["rewiring"])
+    return ckpt["step"], ckpt["rows"]
+
+
+def _finish(run_dir, rows, status, message, model):
+    history = pd.DataFrame(rows)
+    if run_dir:
+        store.save_table(run_dir / "metrics.csv", history)
+        if status == "finished":
+            store.save_torch(run_dir / "model.pt", model.state_dict())
+        store.write_json(run_dir / "result.json", {"status": status, "message": message, "steps": len(rows)})
+    return FitResult(history, status, message)
+
+
+def fit(model, task, objective, optimizer, config, *, run_dir=None, rule=None, rewiring=None, scheduler=None,
+        evaluate=None):
+    """Train ``model`` on batches ``task(step)`` minimising ``objective(model, batch, rule) -> (loss, metrics)``.
+
+    Per step: ``rewiring.before_step()``, backward of the loss (through ``rule``, which changes how credit flows,
+    never the forward values), ``optimizer.step()``, ``rewiring.step(lr, step)``, ``scheduler.step()``.
+    With ``run_dir``, a finished run is reused, an interrupted one resumes from its last checkpoint and ends
+    bitwise-identical on CPU (batches depend only on the step index), and a diverging one stops with
+    ``status="diverged"`` keeping the last good checkpoint. ``evaluate(model) -> dict`` is called without a rule.
+    """
+    if run_dir and (run_dir / "result.json").exists():
+        result = store.read_json(run_dir / "result.json")
+        if result["status"] == "finished":
+            model.load_state_dict(store.load_torch(run_dir / "model.pt"))
+        return FitResult(pd.read_csv(run_dir / "metrics.csv"), result["status"], result["message"])
+    start, rows = 0, []
+    if run_dir and (run_dir / "checkpoint.pt").exists():
+        start, rows = _restore(store.load_torch(run_dir / "checkpoint.pt"), model, optimizer, scheduler, rewiring)
+    device = next(model.parameters()).device
+    bar = tqdm(total=config.steps, initial=start, disable=not config.progress, desc="training")
+    status, message = "finished", f"finished {config.steps} steps"
+    for step in range(start, config.steps):
+        batch = to_device(task(step), device)
+        lr = optimizer.param_groups[0]["lr"]
+        if rewiring:
+            rewiring.before_step()
+        optimizer.zero_grad(set_to_none=True)
+        loss, metrics = objective(model, batch, rule)
+        if not math.isfinite(metrics["loss"]) or metrics["loss"] > config.max_loss:
+            status = "diverged"
+            message = (f"stopped at step {step}: loss {metrics['loss']:.4g} is not finite or above max_loss="
+                       f"{config.max_loss:g}; kept the last good checkpoint")
+            print(message)
+            break
+        loss.backward()
+        optimizer.step()
+        if rewiring:
+            rewiring.step(lr, step)
+        if scheduler:
+            scheduler.step()
+        row = {"step": step + 1, **metrics, "lr": lr}
+        if rewiring:
+            row.update({f"active_{name}": count for name, count in rewiring.active_counts().items()})
+        if evaluate and ((config.eval_every and (step + 1) % config.eval_every == 0) or step + 1 == config.steps):
+            with torch.no_grad():
+                row.update({f"eval_{k}": v for k, v in evaluate(model).items()})
+        rows.append(row)
+        bar.update()
+        bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("loss", "accuracy", "rate_hz")})
+        if run_dir and (step + 1) % config.checkpoint_every == 0:
+            store.save_torch(run_dir / "checkpoint.pt", _state(step + 1, rows, model, optimizer, scheduler,
+                                                               rewiring))
+        if config.stop_metric and config.reached(rows):
+            message = f"reached mean {config.stop_metric} >= {config.stop_at:g} at step {step + 1}"
+            break
+    bar.close()
+    return _finish(run_dir, rows, status, message, model)
