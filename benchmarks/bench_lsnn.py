@@ -13,7 +13,8 @@ Like-for-like choices (neither model can be configured to the other exactly):
   tau_adapt 200 ms, dt 1 ms, v_th = thr = 0.01; norse's jump beta = 1.6 (1 - exp(-dt/tau_a)) matches rnnnotes'
   threshold jump per spike; surrogate "triangle" with alpha = gamma = 0.3 (the Bellec pseudo-derivative).
 - Remaining differences: norse uses Euler decay and reset-to-zero, rnnnotes exact decay and reset by subtraction;
-  norse projects the input inside the time loop, rnnnotes with one matmul before it.
+  norse's input reaches v one step later; norse projects the input inside the time loop, rnnnotes with one
+  matmul before it.
 """
 import argparse
 import hashlib
@@ -22,6 +23,7 @@ import os
 import statistics
 import time
 
+import norse
 import torch
 from norse.torch import LSNNParameters, LSNNRecurrent
 
@@ -107,7 +109,8 @@ def main():
     torch.set_num_threads(args.threads)
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     cells_sha = hashlib.sha1(open(cells.__file__, "rb").read()).hexdigest()[:8]
-    print(f"torch {torch.__version__}, norse {version('norse')}, rnnnotes/cells.py sha1 {cells_sha}, "
+    norse_version = getattr(norse, "__version__", "?")
+    print(f"torch {torch.__version__}, norse {norse_version}, rnnnotes/cells.py sha1 {cells_sha}, "
           f"{args.threads} CPU threads (load avg {os.getloadavg()[0]:.1f}), "
           f"{torch.cuda.get_device_name() if 'cuda' in devices else 'no GPU'}; median of {args.repeats}")
     header = f"{'device':6} {'n_in':>4} {'n':>4} {'batch':>5} {'steps':>5} | {'rnnnotes T*B/s':>14} " \
@@ -131,14 +134,6 @@ def main():
                 to_profile.append((fns, device, steps))
     for fns, device, steps in to_profile:
         profile(fns, device, steps, args.top)
-
-
-def version(package):
-    from importlib.metadata import PackageNotFoundError, version as v
-    try:
-        return v(package)
-    except PackageNotFoundError:  # on sys.path without its dist-info
-        return "?"
 
 
 if __name__ == "__main__":

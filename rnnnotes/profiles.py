@@ -33,13 +33,14 @@ PROFILES = {
         "paper": {"n_regular": 120, "n_adaptive": 100, "n_iterations": 36000, "batch_size": 256,
                   "eval_every": 400, "max_test": 10000, "final_test": 10000},
     },
-    "04_credit_assignment": {  # book: 8 seeds x 4 rules within CPU minutes (shorter delay); paper: ModProp's
+    "04_credit_assignment": {  # book: 8 seeds x 4 rules within CPU minutes (fewer steps); paper: ModProp's
         "smoke": {},
-        "book": {"n_seeds": 8, "n_neurons": 120, "delay_ms": 300, "cue_ms": 100, "n_iterations": 300,
-                 "batch_size": 32, "lr": 1e-3, "eval_every": 20, "mus": [0.05, 0.25, 1.0, 4.0], "n_val_batches": 2},
+        "book": {"n_seeds": 8, "n_neurons": 120, "delay_ms": 700, "cue_ms": 100, "n_iterations": 180,
+                 "batch_size": 32, "lr": 1e-3, "eval_every": 20, "mus": [0.05, 0.25, 1.0, 4.0], "n_mu_seeds": 2,
+                 "n_val_batches": 2},
         "paper": {"n_seeds": 8, "n_neurons": 120, "delay_ms": 700, "cue_ms": 100, "n_iterations": 3000,
                   "batch_size": 32, "lr": 5e-4, "eval_every": 20, "mus": [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0],
-                  "n_val_batches": 4},
+                  "n_mu_seeds": 8, "n_val_batches": 4},
     },
 }
 
