@@ -1,4 +1,5 @@
 """Argument checks that name the offending parameter."""
+import math
 import numbers
 
 
@@ -15,3 +16,17 @@ def require_shape(name, tensor, shape):
     if not ok:
         want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
         raise ValueError(f"{name} must have shape {want}, got {tuple(tensor.shape)}")
+
+
+def require_integer(**values):
+    """Raise ``ValueError`` naming the first argument that is not an integer (bools excluded)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
+def require_nonnegative(**values):
+    """Raise ``ValueError`` naming the first argument that is not a finite number >= 0."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

@@ -6,23 +6,10 @@ of its row. A rewired matrix is ``w = s * theta`` where ``theta > 0`` (active) a
 """
 import hashlib
 import math
-import numbers
 
 import torch
 
-from .checks import require_positive, require_shape
-
-
-def _require_int(**values):
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-
-
-def _require_nonnegative(**values):
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+from .checks import require_integer, require_nonnegative, require_positive, require_shape
 
 
 def _require_connectivity(connectivity):
@@ -42,9 +29,9 @@ def neuron_signs(n, *, frac_excitatory, generator=None, shuffle=False):
     Inhibitory units come first (LSNN-official order, 0.8 * 120 -> 23 I then 97 E); ``shuffle=True`` applies
     ``torch.randperm(n, generator=generator)`` and then needs a seeded ``generator``.
     """
-    _require_int(n=n)
+    require_integer(n=n)
     require_positive(n=n)
-    _require_nonnegative(frac_excitatory=frac_excitatory)
+    require_nonnegative(frac_excitatory=frac_excitatory)
     if frac_excitatory > 1:
         raise ValueError(f"frac_excitatory must lie in [0, 1], got {frac_excitatory!r}")
     n_exc = min(int(frac_excitatory * n) + 1, n)
@@ -65,7 +52,7 @@ def sign_constrained_init(n_in, n_out, *, signs, connectivity, generator):
     (as the reference), else ``n_out`` drawn with replacement. The mask sets ``int(connectivity * n_in * n_out)``
     positions drawn with replacement (so slightly fewer are connected); it is full for ``connectivity > 0.95``.
     """
-    _require_int(n_in=n_in, n_out=n_out)
+    require_integer(n_in=n_in, n_out=n_out)
     require_positive(n_in=n_in, n_out=n_out)
     _require_connectivity(connectivity)
     _require_signs("signs", signs)
@@ -121,8 +108,8 @@ class DeepR:
 
     def __init__(self, weights, signs, *, connectivity, l1, temperature=0.0, seed=0, allowed=None):
         _require_connectivity(connectivity)
-        _require_nonnegative(l1=l1, temperature=temperature)
-        _require_int(seed=seed)
+        require_nonnegative(l1=l1, temperature=temperature)
+        require_integer(seed=seed)
         if not isinstance(weights, dict) or not weights:
             raise ValueError("weights must be a non-empty dict of name -> parameter")
         for name, w in weights.items():
@@ -184,7 +171,7 @@ class DeepR:
         uniformly without replacement. Randomness comes from a generator seeded by ``(seed, step_index)``.
         """
         require_positive(lr=lr)
-        _require_int(step_index=step_index)
+        require_integer(step_index=step_index)
         if self._before is None:
             raise RuntimeError("call before_step() before optimizer.step() and step()")
         before, self._before = self._before, None
@@ -233,6 +220,6 @@ class DeepR:
         self._signs = self._full("signs", state["signs"], self._expand_signs, required=True)
         self._allowed = self._full("allowed", state["allowed"], self._check_allowed, required=True)
         _require_connectivity(state["connectivity"])
-        _require_nonnegative(l1=state["l1"], temperature=state["temperature"])
+        require_nonnegative(l1=state["l1"], temperature=state["temperature"])
         self.connectivity, self.l1, self.temperature = state["connectivity"], state["l1"], state["temperature"]
         self.seed, self.budget, self._before = state["seed"], int(state["budget"]), None

@@ -7,13 +7,12 @@ stochastic function takes a ``generator``; :class:`TaskStream` makes batch ``ste
 ``(seed, step)``, so a resumed run sees exactly the data it would have seen.
 """
 import inspect
-import math
 import numbers
 from typing import NamedTuple
 
 import torch
 
-from .checks import require_positive, require_shape
+from .checks import require_integer, require_nonnegative, require_positive, require_shape
 
 
 class Batch(NamedTuple):
@@ -32,16 +31,7 @@ class Batch(NamedTuple):
 def _require_int(**values):
     """Raise ``ValueError`` naming the first argument that is not a positive integer."""
     require_positive(**values)
-    for name, value in values.items():
-        if not isinstance(value, numbers.Integral):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _require_nonnegative(**values):
-    """Raise ``ValueError`` naming the first argument that is not a finite number >= 0."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    require_integer(**values)
 
 
 def _require_index(name, value, limit):
@@ -225,7 +215,7 @@ def delayed_xor(batch_size, *, generator, delay_ms=700, cue_ms=100, baseline=0.0
     """
     _require_int(batch_size=batch_size, cue_ms=cue_ms)
     require_positive(amplitude=amplitude, width_ms=width_ms)
-    _require_nonnegative(delay_ms=delay_ms, baseline=baseline, noise_std=noise_std)
+    require_nonnegative(delay_ms=delay_ms, baseline=baseline, noise_std=noise_std)
     if not isinstance(delay_ms, numbers.Integral):
         raise ValueError(f"delay_ms must be an integer number of 1 ms steps, got {delay_ms!r}")
     T = 2 * cue_ms + int(delay_ms)
