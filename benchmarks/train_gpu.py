@@ -16,30 +16,18 @@ from rnnnotes.losses import Objective
 from rnnnotes.model import Network, Readout
 from rnnnotes.rewiring import DeepR, neuron_signs, sign_constrained_init
 from rnnnotes.tasks import SMNIST, TaskStream, store_recall
-from rnnnotes.train import evaluator, to_device
+from rnnnotes.train import FitConfig, evaluator, fit
 
 
-def train(model, task, objective, optimizer, seconds, *, evaluate, every, rewiring=None, steps=None):
-    start, step, curve = time.time(), 0, []
-    device = next(model.parameters()).device
-    while time.time() - start < seconds and (steps is None or step < steps):
-        batch = to_device(task(step), device)
-        if rewiring:
-            rewiring.before_step()
-        optimizer.zero_grad(set_to_none=True)
-        loss, metrics = objective(model, batch)
-        loss.backward()
-        optimizer.step()
-        if rewiring:
-            rewiring.step(optimizer.param_groups[0]["lr"], step)
-        step += 1
-        if step % every == 0:
-            with torch.no_grad():
-                acc = evaluate(model)["accuracy"]
-            torch.cuda.synchronize() if device.type == "cuda" else None
-            curve.append((step, round(time.time() - start, 1), round(acc, 4)))
-            print(f"  step {step:5d}  {curve[-1][1]:7.1f} s  held-out accuracy {acc:.4f}", flush=True)
-    return step, time.time() - start, curve
+def train(model, task, objective, optimizer, seconds, *, evaluate, every, rewiring=None, steps=100_000):
+    """``fit`` time-boxed to ``seconds``; prints the held-out accuracy curve and returns (steps, seconds)."""
+    start = time.perf_counter()
+    config = FitConfig(steps=steps, eval_every=every, max_seconds=seconds, progress=False)
+    history = fit(model, task, objective, optimizer, config, rewiring=rewiring, evaluate=evaluate).history
+    elapsed = time.perf_counter() - start
+    for row in history.dropna(subset=["eval_accuracy"]).itertuples():
+        print(f"  step {row.step:5d}  held-out accuracy {row.eval_accuracy:.4f}")
+    return len(history), elapsed
 
 
 def smnist(args, device):
@@ -61,9 +49,8 @@ def smnist(args, device):
     objective = Objective(rate_weight=0.1, target_hz=10.0)
     task = TaskStream(SMNIST(mnist.train_images, mnist.train_labels, batch_size=args.batch_size), seed=0)
     test = list(SMNIST(mnist.test_images, mnist.test_labels, batch_size=500).batches())
-    steps, elapsed, curve = train(model, task, objective, torch.optim.Adam(model.parameters(), lr=0.01),
-                                  args.seconds, evaluate=evaluator(objective, test), every=args.eval_every,
-                                  rewiring=rewiring)
+    steps, elapsed = train(model, task, objective, torch.optim.Adam(model.parameters(), lr=0.01), args.seconds,
+                           evaluate=evaluator(objective, test), every=args.eval_every, rewiring=rewiring)
     per_step = elapsed / steps
     print(f"smnist LSNN+DEEP R, batch {args.batch_size}, n_delay {args.n_delay}, {mnist.source}: {steps} steps "
           f"in {elapsed:.0f} s = {per_step:.3f} s/step; 36000 steps would take {36000 * per_step / 3600:.1f} h")
@@ -76,8 +63,8 @@ def storerecall(args, device):
     objective = Objective(rate_weight=0.01, target_hz=10.0)
     task = TaskStream(store_recall, seed=0, batch_size=128)
     test = [TaskStream(store_recall, seed=3000, batch_size=128)(k) for k in range(16)]
-    steps, elapsed, curve = train(model, task, objective, torch.optim.Adam(model.parameters(), lr=0.01),
-                                  args.seconds, evaluate=evaluator(objective, test), every=25, steps=200)
+    steps, elapsed = train(model, task, objective, torch.optim.Adam(model.parameters(), lr=0.01), args.seconds,
+                           evaluate=evaluator(objective, test), every=25, steps=200)
     print(f"store-recall, batch 128: {steps} steps in {elapsed:.0f} s = {elapsed / steps:.3f} s/step")
 
 

@@ -1,5 +1,6 @@
 """The one training loop: progress bar, metrics per step, evaluation, atomic checkpoints, resume, NaN stop."""
 import math
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -16,7 +17,8 @@ class FitConfig:
     """``steps`` gradient steps; ``evaluate`` every ``eval_every`` steps (0: at the end only); a checkpoint every
     ``checkpoint_every`` steps; a loss that is not finite or exceeds ``max_loss`` stops the run. With
     ``stop_metric``, training ends early once the mean of its last ``stop_window`` logged values reaches
-    ``stop_at`` (the LSNN tutorial stops when the recall error over 20 validations is below 5 %)."""
+    ``stop_at`` (the LSNN tutorial stops when the recall error over 20 validations is below 5 %). ``max_seconds``
+    (> 0) ends a call of ``fit`` after that much wall-clock time (a time-boxed run; 0: no limit)."""
 
     steps: int
     eval_every: int = 0
@@ -26,6 +28,7 @@ class FitConfig:
     stop_metric: str = ""
     stop_at: float = 1.0
     stop_window: int = 1
+    max_seconds: float = 0.0
 
     def __post_init__(self):
         require_positive(steps=self.steps, checkpoint_every=self.checkpoint_every, max_loss=self.max_loss,
@@ -106,6 +109,7 @@ def fit(model, task, objective, optimizer, config, *, run_dir=None, rule=None, r
     device = next(model.parameters()).device
     bar = tqdm(total=config.steps, initial=start, disable=not config.progress, desc="training")
     status, message = "finished", f"finished {config.steps} steps"
+    started = time.perf_counter()
     for step in range(start, config.steps):
         batch = to_device(task(step), device)
         lr = optimizer.param_groups[0]["lr"]
@@ -139,6 +143,9 @@ def fit(model, task, objective, optimizer, config, *, run_dir=None, rule=None, r
                                                                rewiring))
         if config.stop_metric and config.reached(rows):
             message = f"reached mean {config.stop_metric} >= {config.stop_at:g} at step {step + 1}"
+            break
+        if config.max_seconds and time.perf_counter() - started > config.max_seconds:
+            message = f"stopped at step {step + 1}: time budget of {config.max_seconds:g} s used"
             break
     bar.close()
     return _finish(run_dir, rows, status, message, model)

@@ -121,3 +121,10 @@ def test_early_stop_when_the_target_is_reached():
     config = FitConfig(steps=50, progress=False, stop_metric="accuracy", stop_at=0.0, stop_window=3)
     result = fit(model, task, Objective(), opt, config)
     assert len(result.history) == 3 and result.status == "finished" and "reached" in result.message
+
+
+def test_time_budget_ends_the_run():
+    model, task, _ = _small_problem(lr=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    result = fit(model, task, Objective(), opt, FitConfig(steps=10_000, progress=False, max_seconds=0.5))
+    assert 0 < len(result.history) < 10_000 and "time budget" in result.message
