@@ -137,7 +137,7 @@ class RateRNN(_Recurrent):
         return z, RateState(v=v, z=z)
 
     def forward(self, x, state=None, *, recurrent=None):
-        """Run ``x (T, B, n_in)``; ``recurrent(state, w_rec)`` replaces ``state.z @ w_rec`` (credit rules)."""
+        """Run ``x (T, B, n_in)``; ``recurrent(state, w_rec)`` replaces ``recurrent_input`` (credit rules)."""
         self._check_input(x)
         state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype) if state is None else state
         current, w_rec = x @ self.w_in, self.recurrent_weights()
@@ -221,7 +221,7 @@ class _SpikingLayer(_Recurrent):
         return (z, v, threshold), SpikingState(v=v, z=z, b=b, ref=ref, history=history)
 
     def forward(self, x, state=None, *, recurrent=None):
-        """Run ``x (T, B, n_in)``; ``recurrent(state, w_rec)`` replaces ``state.z @ w_rec`` (credit rules)."""
+        """Run ``x (T, B, n_in)``; ``recurrent(state, w_rec)`` replaces ``recurrent_input`` (credit rules)."""
         self._check_input(x)
         state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype) if state is None else state
         current = self.input_current(x)
