@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import math
 import os
+import pathlib
 import statistics
 import time
 
@@ -108,9 +109,10 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    cells_sha = hashlib.sha1(open(cells.__file__, "rb").read()).hexdigest()[:8]
+    package = pathlib.Path(cells.__file__).parent
+    source_sha = hashlib.sha1(b"".join(p.read_bytes() for p in sorted(package.glob("*.py")))).hexdigest()[:8]
     norse_version = getattr(norse, "__version__", "?")
-    print(f"torch {torch.__version__}, norse {norse_version}, rnnnotes/cells.py sha1 {cells_sha}, "
+    print(f"torch {torch.__version__}, norse {norse_version}, rnnnotes sources sha1 {source_sha} ({package}), "
           f"{args.threads} CPU threads (load avg {os.getloadavg()[0]:.1f}), "
           f"{torch.cuda.get_device_name() if 'cuda' in devices else 'no GPU'}; median of {args.repeats}")
     header = f"{'device':6} {'n_in':>4} {'n':>4} {'batch':>5} {'steps':>5} | {'rnnnotes T*B/s':>14} " \

@@ -1,9 +1,6 @@
 """rnnnotes: recurrent-network models, learning rules and analyses behind the notebooks of the book."""
 import torch
 
-# Gradients that decay along long recurrences reach subnormal floats, which x86 CPUs process far more slowly.
-torch.set_flush_denormal(True)
-
 __version__ = "0.1.0"
 
 

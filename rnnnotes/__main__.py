@@ -1,4 +1,8 @@
-"""Command line: ``python -m rnnnotes {list, run, book, sweep}``; see ``--help``."""
+"""Command line: ``python -m rnnnotes {list, run, book, sweep}``; see ``--help``.
+
+Notebooks are read from $RNNNOTES_NOTEBOOKS (default ./notebooks), results go to $RNNNOTES_RESULTS (default
+./results) and the book's sources are $RNNNOTES_BOOK (default ./book).
+"""
 import argparse
 import sys
 
@@ -60,7 +64,7 @@ def main(argv=None):
     commands.choices["sweep"].add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
     book = commands.add_parser("book", help="execute all notebooks and build the HTML book")
     book.add_argument("--profile", default="book")
-    book.add_argument("--book-dir", default=runner.BOOK_DIR, help="build in a copy of book/ here")
+    book.add_argument("--book-dir", help="build in a copy of the book's sources here (default: in place)")
     book.set_defaults(func=_book)
     args = parser.parse_args(argv)
     try:

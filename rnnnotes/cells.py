@@ -1,82 +1,42 @@
-"""Recurrent cells: a leaky rate RNN and the LIF / ALIF spiking neurons of the LSNN.
+"""Recurrent cells as modules: a leaky rate RNN and the LIF / ALIF spiking neurons of the LSNN.
 
-Conventions: time-first tensors ``(T, B, N)``, weights used as ``x @ W`` so ``w_in[i, j]`` connects input ``i`` to
-neuron ``j``. ``cell.step(input_current, state)`` is one pure time step; ``cell(x)`` runs a whole sequence and
-projects the input for all steps with one matmul before the time loop. Cells hold weights, never state.
+A cell holds weights and a frozen params object (:mod:`rnnnotes.params`) and calls the functional core
+(:mod:`rnnnotes.functional`); it never holds state. Conventions: time-first tensors ``(T, B, N)``, weights used as
+``x @ W`` so ``w_in[i, j]`` connects input ``i`` to neuron ``j``. ``cell.step(input_current, state)`` is one pure
+time step returning ``(output, state)``; ``cell(x)`` runs a whole sequence and projects the input for all steps
+with one matmul before the time loop. ``cell.state_map()`` gives the step as a map of a flat state vector (for
+Lyapunov spectra and other analyses); ``cell.gains(hidden)`` the derivative of each unit's output with respect to
+its own (earlier) potential, which the credit rules need.
 """
 import math
-from typing import NamedTuple
+from dataclasses import replace
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
+from . import functional as F
 from .checks import require_positive, require_shape
+from .params import ALIFParams, LIFParams, RateParams, with_overrides
+from .functional import RateOutput, RateState, SpikeFunction, SpikingOutput, SpikingState, spike  # noqa: F401
+from .seeding import generator, resolve_seed
 
 
-class SpikeFunction(torch.autograd.Function):
-    r"""Heaviside spike with the LSNN pseudo-derivative (Bellec et al. 2018).
+class StateMap(NamedTuple):
+    r"""A cell's step as a map of a flat state, :math:`h_t = F(h_{t-1}, x_t)` with ``h (B, d)``, ``x (B, n_in)``.
 
-    Forward :math:`z = H(\tilde v)`, backward
-    :math:`\partial z / \partial \tilde v = \gamma \max(0, 1 - |\tilde v|)` with the scaled voltage
-    :math:`\tilde v = (v - A) / A`.
+    ``pack(state) -> h`` and ``unpack(h) -> state`` convert between the cell's NamedTuple state and ``h``.
+    ``differentiable (d,)`` marks the coordinates through which :math:`F` has a derivative; the others (a
+    refractory counter, a LIF neuron's unused adaptation) are carried without gradient, so their rows and columns
+    of the Jacobian :math:`\partial h_t / \partial h_{t-1}` are zero. For spiking cells the Jacobian is the
+    *surrogate* Jacobian: :math:`\partial z_t / \partial v_{t-1}` is the pseudo-derivative, not the derivative of
+    the Heaviside step (which is zero almost everywhere).
     """
 
-    @staticmethod
-    def forward(ctx, v_scaled, gamma):
-        ctx.save_for_backward(v_scaled)
-        ctx.gamma = gamma
-        return (v_scaled > 0).to(v_scaled.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_z):
-        (v_scaled,) = ctx.saved_tensors
-        return grad_z * ctx.gamma * torch.clamp(1.0 - v_scaled.abs(), min=0.0), None
-
-
-def spike(v_scaled, gamma):
-    """Heaviside of the scaled voltage with the pseudo-derivative ``gamma * max(0, 1 - |v_scaled|)``."""
-    return SpikeFunction.apply(v_scaled, gamma)
-
-
-class SpikingState(NamedTuple):
-    """State of a LIF/ALIF layer: voltage, last spikes, adaptation, refractory steps left, spike history."""
-
-    v: torch.Tensor  # (B, n) membrane potential
-    z: torch.Tensor  # (B, n) spikes of the previous step, in units of 1/dt
-    b: torch.Tensor  # (B, n) threshold adaptation variable
-    ref: torch.Tensor  # (B, n) refractory steps left (no gradient)
-    history: torch.Tensor  # (B, (n_delay - 1) * n) older spikes z_{t-2}, ..., z_{t-n_delay} (delayed synapses)
-
-    @property
-    def presynaptic(self):
-        """The spikes that delayed synapses read: ``z_{t-1}, ..., z_{t-n_delay}``, ``(B, n_delay * n)``."""
-        return torch.cat([self.z, self.history], dim=1) if self.history.shape[1] else self.z
-
-
-class SpikingOutput(NamedTuple):
-    z: torch.Tensor  # (T, B, n) spikes
-    v: torch.Tensor  # (T, B, n) membrane potential after the step
-    threshold: torch.Tensor  # (T, B, n) adaptive threshold A_t
-
-
-class RateState(NamedTuple):
-    v: torch.Tensor  # (B, n) pre-activation
-    z: torch.Tensor  # (B, n) rate, phi(v)
-
-    @property
-    def presynaptic(self):
-        return self.z
-
-
-class RateOutput(NamedTuple):
-    z: torch.Tensor  # (T, B, n) rates
-    v: torch.Tensor  # (T, B, n) pre-activations
-
-
-def recurrent_input(state, w_rec):
-    """The recurrent current ``z_{t-1} @ W_rec`` (with delays: the spike history times the delay-stacked
-    weights): the exact default that credit rules may replace in training."""
-    return state.presynaptic @ w_rec
+    step: Callable
+    pack: Callable
+    unpack: Callable
+    differentiable: torch.Tensor
 
 
 def _no_self_connections(w_rec):
@@ -85,104 +45,140 @@ def _no_self_connections(w_rec):
 
 
 class _Recurrent(nn.Module):
-    """Shared weights of a recurrent layer: ``w_in ~ N(0, gain/n_in)``, ``w_rec ~ N(0, gain/n)``, zero diagonal."""
+    """Shared weights of a recurrent layer: ``w_in ~ N(0, gain/n_in)``, ``w_rec ~ N(0, gain/n)``, zero diagonal.
 
-    def __init__(self, n_in, n, *, gain=1.0, seed=None):
+    ``seed=None`` draws a seed (kept in ``self.seed``); the weights come from the stream ``(seed, "weights")``.
+    """
+
+    n_delay = 1
+
+    def __init__(self, n_in, n, params, *, gain=1.0, seed=None):
         super().__init__()
         require_positive(n_in=n_in, n=n, gain=gain)
-        self.n_in, self.n = int(n_in), int(n)
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.n_in, self.n, self.params = int(n_in), int(n), params
+        self.seed = resolve_seed(seed)
+        g = generator(self.seed, "weights")
         self.w_in = nn.Parameter(torch.randn(n_in, n, generator=g) * math.sqrt(gain / n_in))
         self.w_rec = nn.Parameter(_no_self_connections(torch.randn(n, n, generator=g) * math.sqrt(gain / n)))
+
+    @property
+    def alpha(self):
+        """Membrane leak per step."""
+        return self.params.alpha
 
     def recurrent_weights(self):
         return _no_self_connections(self.w_rec)
 
-    def _check_input(self, x):
-        require_shape("x", x, (None, None, self.n_in))
+    def input_current(self, x):
+        """Feed-forward current ``x @ W_in`` for all steps at once, ``(T, B, n)``."""
+        return x @ self.w_in
 
-
-class RateRNN(_Recurrent):
-    r"""Leaky rate RNN (the ModProp / BiolHessRNN network).
-
-    .. math:: v_t = \alpha v_{t-1} + (1 - \alpha)(x_t W_{in} + z_{t-1} W_{rec}), \quad z_t = \phi(v_t),
-              \quad \alpha = e^{-dt/\tau}
-
-    ``activation`` is ``"tanh"`` or ``"relu"``; ``tau`` and ``dt`` in ms. A very small ``tau`` gives the
-    memoryless RNN ``z_t = phi(x_t W_in + z_{t-1} W_rec)``.
-    """
-
-    activations = {"tanh": torch.tanh, "relu": torch.relu}
-
-    def __init__(self, n_in, n, *, activation="tanh", tau=20.0, dt=1.0, gain=1.0, seed=None):
-        super().__init__(n_in, n, gain=gain, seed=seed)
-        require_positive(tau=tau, dt=dt)
-        if activation not in self.activations:
-            raise ValueError(f"activation must be one of {sorted(self.activations)}, got {activation!r}")
-        self.activation, self.tau, self.dt = activation, float(tau), float(dt)
-        self.alpha = math.exp(-dt / tau)
-
-    def initial_state(self, batch, *, device=None, dtype=None):
-        device = device or self.w_in.device
-        dtype = dtype or self.w_in.dtype
-        zeros = torch.zeros(batch, self.n, device=device, dtype=dtype)
-        return RateState(v=zeros, z=zeros.clone())
+    def step_weights(self):
+        """The recurrent weights as the step uses them."""
+        return self.recurrent_weights()
 
     def step(self, input_current, state, w_rec=None, recurrent=None):
-        """One step; ``input_current = x_t @ w_in`` of shape ``(B, n)``."""
-        w_rec = self.recurrent_weights() if w_rec is None else w_rec
-        rec = (recurrent or recurrent_input)(state, w_rec)
-        v = self.alpha * state.v + (1.0 - self.alpha) * (input_current + rec)
-        z = self.activations[self.activation](v)
-        return z, RateState(v=v, z=z)
+        """One step; ``input_current`` is the feed-forward current at this step, ``(B, n)``."""
+        require_shape("input_current", input_current, (None, self.n))
+        F.check_state(state, self.state_type, input_current.shape[0], self.n)
+        return self._step(input_current, state, self.step_weights() if w_rec is None else w_rec, recurrent)
+
+    def _step(self, input_current, state, w_rec, recurrent, params=None):
+        return self.step_function(input_current, state, params or self.step_params(), w_rec,
+                                  recurrent=recurrent or F.recurrent_input)
+
+    def step_params(self):
+        """The params object handed to the step function."""
+        return self.params
 
     def forward(self, x, state=None, *, recurrent=None):
         """Run ``x (T, B, n_in)``; ``recurrent(state, w_rec)`` replaces ``recurrent_input`` (credit rules)."""
-        self._check_input(x)
+        require_shape("x", x, (None, None, self.n_in))
         state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype) if state is None else state
-        current, w_rec = x @ self.w_in, self.recurrent_weights()
-        zs, vs = [], []
+        current, w_rec, params = self.input_current(x), self.step_weights(), self.step_params()
+        outputs = []
         for i_t in current:
-            z, state = self.step(i_t, state, w_rec, recurrent)
-            zs.append(z)
-            vs.append(state.v)
-        return RateOutput(z=torch.stack(zs), v=torch.stack(vs))
+            out, state = self._step(i_t, state, w_rec, recurrent, params)
+            outputs.append(out)
+        return type(outputs[0])(*(torch.stack(o) for o in zip(*outputs)))
+
+    def _zeros(self, batch, width, device, dtype):
+        return torch.zeros(batch, width, device=device or self.w_in.device, dtype=dtype or self.w_in.dtype)
+
+    def state_map(self):
+        """This cell's step on a flat state (see :class:`StateMap`); the weights are read at every call."""
+        if self.n_delay != 1:
+            raise ValueError(f"state_map needs n_delay = 1 (delayed inputs would need past inputs), got "
+                             f"n_delay={self.n_delay}")
+        layout = self._layout()
+        widths = [w for _, w, _ in layout]
+
+        def pack(state):
+            return torch.cat([getattr(state, name) for name, _, _ in layout], dim=-1)
+
+        def unpack(h):
+            parts = torch.split(h, widths, dim=-1)
+            return self._from_parts({name: p if grad else p.detach() for (name, _, grad), p in zip(layout, parts)})
+
+        def step(h, x):
+            return pack(self._step(x @ self.w_in, unpack(h), self.step_weights(), None)[1])
+
+        differentiable = torch.cat([torch.full((w,), grad) for _, w, grad in layout])
+        return StateMap(step=step, pack=pack, unpack=unpack, differentiable=differentiable)
+
+
+class RateRNN(_Recurrent):
+    r"""Leaky rate RNN (the ModProp / BiolHessRNN network), :func:`rnnnotes.functional.rate_step`.
+
+    ``RateRNN(n_in, n, params)`` with a :class:`~rnnnotes.params.RateParams`, or with its fields as keywords
+    (``activation``, ``tau``, ``dt``); ``gain`` scales the initial weights' variance.
+    """
+
+    step_function = staticmethod(F.rate_step)
+    state_type = RateState
+
+    def __init__(self, n_in, n, params=None, *, gain=1.0, seed=None, **overrides):
+        super().__init__(n_in, n, with_overrides(RateParams, params, overrides), gain=gain, seed=seed)
+
+    @property
+    def activation(self):
+        return self.params.activation
+
+    def initial_state(self, batch, *, device=None, dtype=None):
+        zeros = self._zeros(batch, self.n, device, dtype)
+        return RateState(v=zeros, z=zeros.clone())
+
+    def gains(self, hidden):
+        r"""``(phi'(v_k), 0)``: the exact :math:`\partial z_k / \partial v_k` of every unit and step (detached);
+        lag 0."""
+        return F.ACTIVATION_FUNCTIONS[self.params.activation][1](hidden.v.detach()), 0
+
+    def _layout(self):
+        return [("v", self.n, True)]
+
+    def _from_parts(self, parts):
+        return RateState(v=parts["v"], z=F.ACTIVATION_FUNCTIONS[self.params.activation][0](parts["v"]))
 
 
 class _SpikingLayer(_Recurrent):
-    r"""LIF/ALIF layer in the step order of LSNN-official (Bellec et al. 2018), per step:
-
-    .. math::
-        b_t &= \rho b_{t-1} + (1 - \rho) z_{t-1}, \qquad A_t = v_{th} + \beta b_t \\
-        v_t &= \alpha v_{t-1} + (1 - \alpha) I_t - z_{t-1} A_t\, dt \\
-        z_t &= H\big((v_{t-1} - A_t) / A_t\big) / dt \quad (0 \text{ while refractory})
-
-    with :math:`\alpha = e^{-dt/\tau_m}`, :math:`\rho = e^{-dt/\tau_a}` and
-    :math:`I_t = \sum_d x_{t-d} W_{in}^{(d)} + z_{t-1-d} W_{rec}^{(d)}`, where every synapse has a random
-    integer delay :math:`d < n_{delay}`. The spike is decided from the previous voltage against the current
-    threshold; the reset lands one step after the spike; refractory steps pass no gradient.
+    r"""LIF/ALIF layer in the step order of LSNN-official (Bellec et al. 2018); see
+    :func:`rnnnotes.functional.alif_step`. Every synapse has a random integer delay :math:`d < n_{delay}`:
+    :math:`I_t = \sum_d x_{t-d} W_{in}^{(d)} + z_{t-1-d} W_{rec}^{(d)}`. The delays come from the stream
+    ``(seed, "delays")``.
     """
 
-    def __init__(self, n_in, n, *, beta, tau_m, tau_a, thr, n_ref, dt, gamma, n_delay=1, seed=None):
-        super().__init__(n_in, n, seed=seed)
-        require_positive(tau_m=tau_m, tau_a=tau_a, thr=thr, dt=dt, gamma=gamma, n_delay=n_delay)
-        if n_ref < 0 or int(n_ref) != n_ref:
-            raise ValueError(f"n_ref must be a non-negative integer, got {n_ref!r}")
-        if int(n_delay) != n_delay:
-            raise ValueError(f"n_delay must be a positive integer, got {n_delay!r}")
-        self.tau_m, self.tau_a, self.thr, self.dt, self.gamma = map(float, (tau_m, tau_a, thr, dt, gamma))
-        self.n_ref, self.n_delay = int(n_ref), int(n_delay)
-        self.alpha, self.rho = math.exp(-dt / tau_m), math.exp(-dt / tau_a)
-        self.register_buffer("beta", beta.clone().float())
-        g = torch.Generator().manual_seed(seed + 1) if seed is not None else None
+    state_type = SpikingState
+
+    def __init__(self, n_in, n, params, *, seed=None):
+        super().__init__(n_in, n, params, seed=seed)
+        self.n_delay = params.n_delay
+        g = generator(self.seed, "delays")
         self.register_buffer("delay_in", torch.randint(self.n_delay, (n_in, n), generator=g))
         self.register_buffer("delay_rec", torch.randint(self.n_delay, (n, n), generator=g))
 
     def initial_state(self, batch, *, device=None, dtype=None):
-        device = device or self.w_in.device
-        dtype = dtype or self.w_in.dtype
-        zeros = torch.zeros(batch, self.n, device=device, dtype=dtype)
-        history = torch.zeros(batch, (self.n_delay - 1) * self.n, device=device, dtype=dtype)
+        zeros = self._zeros(batch, self.n, device, dtype)
+        history = self._zeros(batch, (self.n_delay - 1) * self.n, device, dtype)
         return SpikingState(v=zeros, z=zeros.clone(), b=zeros.clone(), ref=zeros.clone(), history=history)
 
     def _by_delay(self, w, delay):
@@ -191,7 +187,7 @@ class _SpikingLayer(_Recurrent):
             return w.unsqueeze(0)
         return w * (delay == torch.arange(self.n_delay, device=w.device).view(-1, 1, 1))
 
-    def stacked_recurrent_weights(self):
+    def step_weights(self):
         """``(n_delay * n, n)``: the weights that act on the spike history ``z_{t-1}, ..., z_{t-n_delay}``."""
         return self._by_delay(self.recurrent_weights(), self.delay_rec).flatten(0, 1)
 
@@ -203,60 +199,61 @@ class _SpikingLayer(_Recurrent):
         shifted = torch.cat([nn.functional.pad(x, (0, 0, 0, 0, d, 0))[:x.shape[0]] for d in range(self.n_delay)], -1)
         return shifted @ self._by_delay(self.w_in, self.delay_in).flatten(0, 1)
 
-    def step(self, input_current, state, w_rec=None, recurrent=None):
-        """One step; ``input_current`` is the feed-forward current at this step, ``(B, n)``."""
-        if w_rec is None:
-            w_rec = self.stacked_recurrent_weights()
-        b = torch.lerp(state.z, state.b, self.rho)  # rho * b + (1 - rho) * z
-        threshold = self.thr + self.beta.to(b.dtype) * b
-        rec = (recurrent or recurrent_input)(state, w_rec)
-        v = torch.lerp(input_current + rec, state.v, self.alpha) - state.z * threshold * self.dt
-        z = spike((state.v - threshold) / threshold, self.gamma)
-        ref = state.ref
-        if self.n_ref:  # refractory neurons are silenced by a mask, which also blocks their gradient
-            z = z * (ref <= 0)
-            ref = (ref - 1).clamp(min=0) + z.detach() * self.n_ref
-        z = z / self.dt if self.dt != 1.0 else z
-        history = state.presynaptic[:, :-self.n]
-        return (z, v, threshold), SpikingState(v=v, z=z, b=b, ref=ref, history=history)
+    def gains(self, hidden):
+        r"""``(g, 1)``: :math:`g_k = \partial z_k / \partial v_{k-1}` of every neuron and step (detached): the
+        pseudo-derivative over :math:`A_k\, dt`, zero on refractory steps; the spike lags the voltage by one step."""
+        p = self.params
+        v_prev = torch.cat([torch.zeros_like(hidden.v[:1]), hidden.v[:-1]]).detach()
+        threshold = hidden.threshold.detach()
+        gain = F.pseudo_derivative((v_prev - threshold) / threshold, p.gamma) / threshold / p.dt
+        spiked = (hidden.z.detach() > 0).to(v_prev.dtype)
+        recent = torch.zeros_like(spiked)
+        for lag in range(1, p.n_ref + 1):  # refractory steps pass no gradient
+            recent[lag:] = torch.maximum(recent[lag:], spiked[:-lag])
+        return gain * (1.0 - recent), 1
 
-    def forward(self, x, state=None, *, recurrent=None):
-        """Run ``x (T, B, n_in)``; ``recurrent(state, w_rec)`` replaces ``recurrent_input`` (credit rules)."""
-        self._check_input(x)
-        state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype) if state is None else state
-        current = self.input_current(x)
-        w_rec = self.stacked_recurrent_weights()
-        outputs = []
-        for i_t in current:
-            out, state = self.step(i_t, state, w_rec, recurrent)
-            outputs.append(out)
-        z, v, threshold = (torch.stack(o) for o in zip(*outputs))
-        return SpikingOutput(z=z, v=v, threshold=threshold)
+    def _layout(self):
+        adaptive = isinstance(self.params, ALIFParams)
+        return [("v", self.n, True), ("z", self.n, True), ("b", self.n, adaptive), ("ref", self.n, False)]
+
+    def _from_parts(self, parts):
+        history = parts["v"][..., :0]
+        return SpikingState(v=parts["v"], z=parts["z"], b=parts["b"], ref=parts["ref"], history=history)
 
 
 class ALIF(_SpikingLayer):
     """LSNN layer: ``n_regular`` LIF neurons (beta = 0) followed by ``n_adaptive`` ALIF neurons.
 
-    Times in ms; ``thr`` in the units of the input current; ``gamma`` scales the pseudo-derivative.
+    ``ALIF(n_in, n_regular, n_adaptive, params)`` with an :class:`~rnnnotes.params.ALIFParams` (e.g.
+    ``ALIFParams.bellec2018_store_recall()``), or with its fields as keywords (``tau_m``, ``tau_a``, ``beta``,
+    ``thr``, ``n_ref``, ``dt``, ``gamma``, ``n_delay``). ``params.beta`` applies to the adaptive neurons; the
+    buffer ``beta (n,)`` holds the per-neuron values.
     """
 
-    def __init__(self, n_in, n_regular, n_adaptive, *, tau_m=20.0, tau_a=200.0, beta=1.6, thr=0.01, n_ref=2,
-                 dt=1.0, gamma=0.3, n_delay=1, seed=None):
+    step_function = staticmethod(F.alif_step)
+
+    def __init__(self, n_in, n_regular, n_adaptive, params=None, *, seed=None, **overrides):
         if n_regular < 0 or n_adaptive < 0 or n_regular + n_adaptive <= 0:
             raise ValueError(f"n_regular and n_adaptive must be >= 0 with a positive sum, "
                              f"got n_regular={n_regular}, n_adaptive={n_adaptive}")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta!r}")
-        betas = torch.cat([torch.zeros(n_regular), torch.full((n_adaptive,), float(beta))])
-        super().__init__(n_in, n_regular + n_adaptive, beta=betas, tau_m=tau_m, tau_a=tau_a, thr=thr,
-                         n_ref=n_ref, dt=dt, gamma=gamma, n_delay=n_delay, seed=seed)
+        params = with_overrides(ALIFParams, params, overrides)
+        if torch.is_tensor(params.beta):
+            raise ValueError("ALIF takes a number beta for its adaptive neurons; per-neuron values go in the buffer")
+        super().__init__(n_in, n_regular + n_adaptive, params, seed=seed)
         self.n_regular, self.n_adaptive = int(n_regular), int(n_adaptive)
+        self.register_buffer("beta", torch.cat([torch.zeros(n_regular), torch.full((n_adaptive,), float(params.beta))]))
+
+    def step_params(self):
+        return replace(self.params, beta=self.beta.to(self.w_in.dtype))
 
 
 class LIF(_SpikingLayer):
-    """Leaky integrate-and-fire layer: the ALIF dynamics with a fixed threshold (beta = 0)."""
+    """Leaky integrate-and-fire layer, :func:`rnnnotes.functional.lif_step`: ``LIF(n_in, n, params)`` with a
+    :class:`~rnnnotes.params.LIFParams`, or its fields as keywords (``tau_m``, ``thr``, ``n_ref``, ``dt``,
+    ``gamma``, ``n_delay``)."""
 
-    def __init__(self, n_in, n, *, tau_m=20.0, thr=0.03, n_ref=0, dt=1.0, gamma=0.3, n_delay=1, seed=None):
+    step_function = staticmethod(F.lif_step)
+
+    def __init__(self, n_in, n, params=None, *, seed=None, **overrides):
         require_positive(n=n)
-        super().__init__(n_in, n, beta=torch.zeros(n), tau_m=tau_m, tau_a=1.0, thr=thr, n_ref=n_ref, dt=dt,
-                         gamma=gamma, n_delay=n_delay, seed=seed)
+        super().__init__(n_in, n, with_overrides(LIFParams, params, overrides), seed=seed)

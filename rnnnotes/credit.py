@@ -26,11 +26,12 @@ gradient reaches the sender, :math:`c` the intermediate gain (``mu`` or exact), 
 :math:`\partial z_k / \partial v_{k-\ell}` and :math:`\ell` the cell's spike lag (0 for rate cells, 1 for the LSNN
 step order). With exact gains and :math:`W_{mod} = W_{rec}` it reproduces BPTT for rate networks exactly.
 """
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from .cells import RateRNN, _SpikingLayer
+from .seeding import generator
 
 RULES = ("bptt", "eprop", "mdgl", "modprop")
 
@@ -44,12 +45,22 @@ class Rule(NamedTuple):
 
 
 class FeedbackMatmul(torch.autograd.Function):
-    """``psp @ w_out`` whose backward sends the error to ``psp`` through a fixed matrix ``feedback`` instead."""
+    """``psp @ w_out`` whose backward sends the error to ``psp`` through a fixed matrix ``feedback`` instead.
+
+    Forward-mode derivatives (``jvp``) are those of the plain product: the swap is a property of the backward only.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, psp, w_out, feedback):
-        ctx.save_for_backward(psp, feedback)
+    def forward(psp, w_out, feedback):
         return psp @ w_out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        psp, w_out, feedback = inputs
+        ctx.save_for_backward(psp, feedback)
+        ctx.save_for_forward(psp, w_out)
 
     @staticmethod
     def backward(ctx, grad):
@@ -57,10 +68,20 @@ class FeedbackMatmul(torch.autograd.Function):
         grad_w = (psp.reshape(-1, psp.shape[-1]).T @ grad.reshape(-1, grad.shape[-1]))
         return grad @ feedback.T, grad_w, None
 
+    @staticmethod
+    def jvp(ctx, psp_dot, w_out_dot, _feedback_dot):
+        psp, w_out = ctx.saved_tensors
+        out = torch.zeros(psp.shape[:-1] + w_out.shape[-1:], dtype=psp.dtype, device=psp.device)
+        if psp_dot is not None:
+            out = out + psp_dot @ w_out
+        if w_out_dot is not None:
+            out = out + psp @ w_out_dot
+        return out
 
-def _cut_presynaptic(state, w_rec):
-    """e-prop: the recurrent current with no gradient into the presynaptic spikes."""
-    return state.z.detach() @ w_rec
+
+def cut_presynaptic(state, w_rec):
+    """e-prop: the recurrent current with no gradient into the presynaptic spikes (all delays)."""
+    return state.presynaptic.detach() @ w_rec
 
 
 def type_labels(n, n_types):
@@ -84,26 +105,61 @@ def type_averaged(w, labels):
     return one_hot @ block_mean @ one_hot.T
 
 
-def _gains(cell, hidden):
-    """Exact gain ``g_k = dz_k / dv_{k - lag}`` of every neuron and step (detached), and the lag."""
-    if isinstance(cell, RateRNN):
-        v = hidden.v.detach()
-        return (1.0 - torch.tanh(v) ** 2 if cell.activation == "tanh" else (v > 0).to(v.dtype)), 0
-    v_prev = torch.cat([torch.zeros_like(hidden.v[:1]), hidden.v[:-1]]).detach()
-    threshold = hidden.threshold.detach()
-    v_scaled = (v_prev - threshold) / threshold
-    gain = cell.gamma * torch.clamp(1.0 - v_scaled.abs(), min=0.0) / threshold / cell.dt
-    spiked = (hidden.z.detach() > 0).to(v_prev.dtype)
-    recent = torch.zeros_like(spiked)
-    for lag in range(1, cell.n_ref + 1):  # refractory steps pass no gradient
-        recent[lag:] = torch.maximum(recent[lag:], spiked[:-lag])
-    return gain * (1.0 - recent), 1
+def _delayed(x, lag):
+    """``x`` shifted ``lag`` steps later along time (zeros first)."""
+    return x if lag == 0 else torch.cat([torch.zeros_like(x[:lag]), x[:-lag]])
 
 
-def _impulse_response(alpha, w_mod, mu, lag, taps):
+# ------------------------------------------------------------------------------ the shadow recursion's pieces
+# A sender makes the zero-valued injection u (T, B, n); a propagation turns it into zeta (T, B, n).
+
+def exact_sender(hidden, lag):
+    """``u = z - stop_grad(z)``: credit reaches the sender through its exact activation derivative (MDGL)."""
+    return hidden.z - hidden.z.detach()
+
+
+def mu_sender(mu):
+    """``u = mu (v_{k-lag} - stop_grad(v_{k-lag}))``: credit reaches the sender's potential scaled by ``mu``."""
+    def sender(hidden, lag):
+        v_src = _delayed(hidden.v, lag)
+        return mu * (v_src - v_src.detach())
+    return sender
+
+
+def exact_propagation(u, gain, w_mod, alpha, lag):
+    r"""All lags with the exact, time-varying intermediate gains:
+    :math:`\zeta_k = \alpha \zeta_{k-1} + (1-\alpha)(g_{k-1} \zeta_{k-1-\ell} + u_{k-1}) W_{mod}`.
+    With :math:`W_{mod} = W_{rec}` this is BPTT (the identity the tests check)."""
+    drive = ((1.0 - alpha) * (u @ w_mod)).unbind(0)
+    zeta = [torch.zeros_like(u[0])] * (lag + 1)
+    for k in range(1, u.shape[0]):
+        hop = (1.0 - alpha) * (gain[k - 1] * zeta[-1 - lag]) @ w_mod
+        zeta.append(alpha * zeta[-1] + hop + drive[k - 1])
+    return torch.stack(zeta[lag:])
+
+
+def iir_propagation(mu):
+    r"""All lags with the constant intermediate gain ``mu`` (ModProp, ``taps=None``):
+    :math:`\zeta_k = \alpha \zeta_{k-1} + (1-\alpha)(\mu \zeta_{k-1-\ell} + u_{k-1}) W_{mod}`."""
+    def propagate(u, gain, w_mod, alpha, lag):
+        drive = ((1.0 - alpha) * (u @ w_mod)).unbind(0)
+        zeta = [torch.zeros_like(u[0])] * (lag + 1)
+        if lag == 0:  # zeta_k = zeta_{k-1} (alpha I + (1 - alpha) mu W_mod) + drive_{k-1}
+            eye = torch.eye(w_mod.shape[0], dtype=w_mod.dtype, device=w_mod.device)
+            step = alpha * eye + (1.0 - alpha) * mu * w_mod
+            for k in range(1, u.shape[0]):
+                zeta.append(torch.addmm(drive[k - 1], zeta[-1], step))
+        else:
+            hop = (1.0 - alpha) * mu * w_mod
+            for k in range(1, u.shape[0]):
+                zeta.append(torch.addmm(drive[k - 1] + alpha * zeta[-1], zeta[-1 - lag], hop))
+        return torch.stack(zeta[lag:])
+    return propagate
+
+
+def impulse_response(alpha, w_mod, mu, lag, taps):
     """FIR taps ``K_s`` (s = 1..taps) of the shadow recursion with constant intermediate gain ``mu``."""
-    n = w_mod.shape[0]
-    eye = torch.eye(n, dtype=w_mod.dtype, device=w_mod.device)
+    eye = torch.eye(w_mod.shape[0], dtype=w_mod.dtype, device=w_mod.device)
     zeta = [torch.zeros_like(eye) for _ in range(lag + 1)]  # zeta_{k-1-lag} ... zeta_{k-1} of an impulse at 0
     kernels = []
     for s in range(1, taps + 1):
@@ -113,79 +169,91 @@ def _impulse_response(alpha, w_mod, mu, lag, taps):
     return kernels
 
 
-def _shadow(cell, hidden, *, labels, mu, taps, sender):
-    """The zero-valued readout term carrying non-local credit (see the module docstring)."""
-    if getattr(cell, "n_delay", 1) != 1:
-        raise ValueError("mdgl and modprop need n_delay = 1 (credit hops assume one-step synapses)")
-    gain, lag = _gains(cell, hidden)
-    w_rec = cell.recurrent_weights().detach()
-    w_mod = w_rec if labels is None else type_averaged(w_rec, labels)  # labels=None: true weights (tests)
-    if sender == "exact":
-        u = hidden.z - hidden.z.detach()
-    else:  # modprop: credit reaches v_{k-lag} scaled by mu instead of the exact activation derivative
-        v_src = hidden.v if lag == 0 else torch.cat([torch.zeros_like(hidden.v[:1]), hidden.v[:-1]])
-        u = mu * (v_src - v_src.detach())
-    T = u.shape[0]
-    drive = ((1.0 - cell.alpha) * (u @ w_mod)).unbind(0)  # the injection's share of every step, one matmul
-    if taps is None:
-        zeta = [torch.zeros_like(u[0])] * (lag + 1)
-        if mu is None:  # exact, time-varying intermediate gains (the BPTT identity)
-            for k in range(1, T):
-                hop = (1.0 - cell.alpha) * (gain[k - 1] * zeta[-1 - lag]) @ w_mod
-                zeta.append(cell.alpha * zeta[-1] + hop + drive[k - 1])
-        elif lag == 0:  # zeta_k = zeta_{k-1} (alpha I + (1 - alpha) mu W_mod) + drive_{k-1}
-            eye = torch.eye(w_mod.shape[0], dtype=w_mod.dtype, device=w_mod.device)
-            propagate = cell.alpha * eye + (1.0 - cell.alpha) * mu * w_mod
-            for k in range(1, T):
-                zeta.append(torch.addmm(drive[k - 1], zeta[-1], propagate))
-        else:
-            hop = (1.0 - cell.alpha) * mu * w_mod
-            for k in range(1, T):
-                zeta.append(torch.addmm(drive[k - 1] + cell.alpha * zeta[-1], zeta[-1 - lag], hop))
-        zeta = torch.stack(zeta[lag:])  # zeta_0 .. zeta_{T-1}
-    else:
+def fir_propagation(taps, mu):
+    r"""``taps`` lags through the impulse response of :func:`iir_propagation`:
+    :math:`\zeta_k = \sum_{s=1}^{taps} u_{k-s} K_s` (MDGL: one tap with ``mu = 0``)."""
+    def propagate(u, gain, w_mod, alpha, lag):
         zeta = torch.zeros_like(u)
-        for s, kernel in enumerate(_impulse_response(cell.alpha, w_mod, mu or 0.0, lag, taps), start=1):
-            if s < T:
+        for s, kernel in enumerate(impulse_response(alpha, w_mod, mu, lag, taps), start=1):
+            if s < u.shape[0]:
                 zeta[s:] = zeta[s:] + u[:-s] @ kernel
-    shifted = zeta if lag == 0 else torch.cat([torch.zeros_like(zeta[:1]), zeta[:-1]])
-    return gain * shifted
+        return zeta
+    return propagate
 
 
-def make_rule(name, cell=None, *, feedback="symmetric", n_out=None, seed=0, mu=None, n_types=1, taps=None):
-    """A training-time credit rule by name (``bptt``, ``eprop``, ``mdgl``, ``modprop``).
+def shadow_term(cell, hidden, *, labels, sender, propagate):
+    """The zero-valued readout term carrying non-local credit: ``g_k * zeta_{k-lag}`` (module docstring), with the
+    cell's own gains (``cell.gains``) and ``W_mod`` the type-averaged recurrent weights (``labels=None``: the true
+    weights, for tests)."""
+    if cell.n_delay != 1:
+        raise ValueError(f"mdgl and modprop need n_delay = 1 (credit hops assume one-step synapses), "
+                         f"got n_delay={cell.n_delay}")
+    gain, lag = cell.gains(hidden)
+    w_rec = cell.recurrent_weights().detach()
+    w_mod = w_rec if labels is None else type_averaged(w_rec, labels)
+    zeta = propagate(sender(hidden, lag), gain, w_mod, cell.alpha, lag)
+    return gain * _delayed(zeta, lag)
 
-    ``feedback``: ``"symmetric"`` (the readout weights) or ``"random"`` (a fixed N(0, 1/n) matrix drawn with
-    ``seed``; needs ``n_out``). ``mu`` (> 0): modprop's activation-derivative constant. ``n_types``: cell types
-    of ``W_ab``, a number of contiguous groups or labels ``(n,)`` (e.g. ``(signs > 0).long()`` for E/I).
-    ``taps``: modprop's number of temporal filter taps (``None``: all lags; 0: e-prop).
-    """
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """Options of :func:`make_rule`. ``feedback``: ``"symmetric"`` (the readout weights) or ``"random"`` (a fixed
+    N(0, 1/n) matrix from the stream ``(seed, "feedback")``). ``mu`` (> 0): ModProp's activation-derivative
+    constant. ``n_types``: cell types of ``W_ab``, a number of contiguous groups or labels ``(n,)`` (e.g.
+    ``(signs > 0).long()`` for E/I). ``taps``: ModProp's number of temporal filter taps (``None``: all lags;
+    0: e-prop)."""
+
+    feedback: str = "symmetric"
+    seed: int = 0
+    mu: Optional[float] = None
+    n_types: object = 1
+    taps: Optional[int] = None
+
+    def __post_init__(self):
+        if self.feedback not in ("symmetric", "random"):
+            raise ValueError(f"feedback must be 'symmetric' or 'random', got {self.feedback!r}")
+        if self.taps is not None and (int(self.taps) != self.taps or self.taps < 0):
+            raise ValueError(f"taps must be a non-negative integer or None (all lags), got {self.taps!r}")
+
+    def require_mu(self):
+        if self.mu is None or isinstance(self.mu, bool) or not self.mu > 0:
+            raise ValueError(f"mu must be a positive number, got {self.mu!r}")
+        return float(self.mu)
+
+
+def _random_feedback(cell, n_out, seed):
+    """The fixed feedback matrix ``(n, n_out) ~ N(0, 1/n)`` and the readout hook that uses it."""
+    if n_out is None:
+        raise ValueError("random feedback needs n_out")
+    matrix = torch.randn(cell.n, n_out, generator=generator(seed, "feedback")) / cell.n ** 0.5
+
+    def readout(psp, w_out):
+        return FeedbackMatmul.apply(psp, w_out, matrix.to(psp.device, psp.dtype))
+    return matrix, readout
+
+
+def make_rule(name, cell=None, *, n_out=None, **options):
+    """A training-time credit rule by name (``bptt``, ``eprop``, ``mdgl``, ``modprop``); ``options`` are the
+    fields of :class:`RuleOptions` (``feedback``, ``seed``, ``mu``, ``n_types``, ``taps``). Random feedback needs
+    ``n_out``, the readout's width."""
     if name not in RULES:
         raise ValueError(f"unknown rule {name!r}; valid rules: {', '.join(RULES)}")
-    if feedback not in ("symmetric", "random"):
-        raise ValueError(f"feedback must be 'symmetric' or 'random', got {feedback!r}")
+    opts = RuleOptions(**options)
     if name == "bptt":
         return Rule("bptt")
     if cell is None:
         raise ValueError(f"{name} needs the cell")
-    readout = matrix = None
-    if feedback == "random":
-        if n_out is None:
-            raise ValueError("random feedback needs n_out")
-        matrix = torch.randn(cell.n, n_out, generator=torch.Generator().manual_seed(seed)) / cell.n ** 0.5
-        readout = lambda psp, w_out: FeedbackMatmul.apply(psp, w_out, matrix.to(psp.device, psp.dtype))  # noqa: E731
+    matrix, readout = _random_feedback(cell, n_out, opts.seed) if opts.feedback == "random" else (None, None)
     if name == "eprop":
-        return Rule(f"eprop-{feedback}", recurrent=_cut_presynaptic, readout=readout, feedback=matrix)
-    labels = type_labels(cell.n, n_types)
+        return Rule(f"eprop-{opts.feedback}", recurrent=cut_presynaptic, readout=readout, feedback=matrix)
+    labels = type_labels(cell.n, opts.n_types)
     if name == "mdgl":
-        def side(c, hidden):
-            return _shadow(c, hidden, labels=labels, mu=None, taps=1, sender="exact")
+        sender, propagate = exact_sender, fir_propagation(1, 0.0)
     else:
-        if mu is None or isinstance(mu, bool) or not mu > 0:
-            raise ValueError(f"mu must be a positive number, got {mu!r}")
-        if taps is not None and (int(taps) != taps or taps < 0):
-            raise ValueError(f"taps must be a non-negative integer or None (all lags), got {taps!r}")
+        mu = opts.require_mu()
+        sender = mu_sender(mu)
+        propagate = iir_propagation(mu) if opts.taps is None else fir_propagation(int(opts.taps), mu)
 
-        def side(c, hidden):
-            return _shadow(c, hidden, labels=labels, mu=float(mu), taps=taps, sender="mu")
-    return Rule(name, recurrent=_cut_presynaptic, side=side, readout=readout, feedback=matrix)
+    def side(c, hidden):
+        return shadow_term(c, hidden, labels=labels, sender=sender, propagate=propagate)
+    return Rule(name, recurrent=cut_presynaptic, side=side, readout=readout, feedback=matrix)

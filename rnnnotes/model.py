@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .checks import require_positive
+from .seeding import generator, resolve_seed
 
 
 def readout_matmul(psp, w_out):
@@ -19,7 +20,8 @@ class Readout(nn.Module):
     .. math:: \mathrm{psp}_t = \kappa\, \mathrm{psp}_{t-1} + (1 - \kappa) z_t, \qquad
               y_t = \mathrm{psp}_t W_{out} + b_{out}, \qquad \kappa = e^{-dt/\tau_{out}}
 
-    ``tau_out=None`` reads ``z`` directly (``psp = z``). ``W_out`` is Glorot-uniform, ``b_out`` starts at 0.
+    ``tau_out=None`` reads ``z`` directly (``psp = z``). ``W_out`` is Glorot-uniform from the stream
+    ``(seed, "readout")`` (``seed=None`` draws one, kept in ``self.seed``), ``b_out`` starts at 0.
     """
 
     def __init__(self, n, n_out, *, tau_out=None, dt=1.0, bias=True, seed=None):
@@ -28,7 +30,8 @@ class Readout(nn.Module):
         if tau_out is not None:
             require_positive(tau_out=tau_out)
         self.kappa = 0.0 if tau_out is None else math.exp(-dt / tau_out)
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.seed = resolve_seed(seed)
+        g = generator(self.seed, "readout")
         limit = math.sqrt(6.0 / (n + n_out))
         self.w_out = nn.Parameter((torch.rand(n, n_out, generator=g) * 2 - 1) * limit)
         self.b_out = nn.Parameter(torch.zeros(n_out)) if bias else None

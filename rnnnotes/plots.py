@@ -1,4 +1,5 @@
-"""Figure pieces shared by the notebooks: spike rasters and voltage/threshold traces."""
+"""Figure pieces shared by the notebooks: spike rasters, voltage/threshold traces, learning curves."""
+import matplotlib.pyplot as plt
 import numpy as np
 
 
@@ -26,7 +27,7 @@ def voltage_trace(ax, v, threshold, z, *, dt=1.0, color="C0", label=""):
     ax.set_ylabel("membrane potential (a.u.)")
 
 
-def store_recall_panels(axes, x, z, threshold, out, y, *, window, n_regular):
+def _store_recall_panels(axes, x, z, threshold, out, y, *, window, n_regular):
     """The LSNN tutorial's four panels for one trial: inputs, spikes, output vs target, adaptive thresholds.
 
     ``x (T, n_in)``, ``z``/``threshold (T, n)``, ``out (T, 2)`` readout logits, ``y (T // window,)`` targets.
@@ -77,3 +78,38 @@ def learning_curves(ax, history, columns, *, labels=None):
         ax.plot(rows["step"], rows[column], label=labels[k] if labels else column)
     ax.set_xlabel("training step")
     ax.legend(fontsize=8)
+
+
+def seed_bands(ax, curves, *, xlabel="training step", ylabel=""):
+    """Mean +- standard error over seeds of ``{label: DataFrame (step x seed)}`` (see ``summary.curves``)."""
+    for label, frame in curves.items():
+        mean = frame.mean(axis=1)
+        sem = frame.std(axis=1) / np.sqrt(frame.notna().sum(axis=1))
+        ax.plot(mean.index, mean, label=label)
+        ax.fill_between(mean.index, mean - sem, mean + sem, alpha=0.25)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+
+
+def store_recall_figure(trials, result, *, title, n_regular):
+    """The four store-recall panels of the first trial of ``trials`` (``tasks.StoreRecallTrials``) as the network
+    produced them (``result``: the network's output)."""
+    batch = trials.batch
+    fig, axes = plt.subplots(4, 1, figsize=(11, 8), sharex=True)
+    _store_recall_panels(axes, batch.x[:, 0], result.hidden.z[:, 0], result.hidden.threshold[:, 0],
+                        result.out[:, 0], batch.y[:, 0], window=batch.window, n_regular=n_regular)
+    axes[0].set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def two_neuron_traces(out, ax_v, ax_count):
+    """A LIF (neuron 0) and an ALIF neuron (neuron 1) of ``out`` (a spiking cell's output, batch 0): voltages with
+    thresholds and spikes on ``ax_v``, cumulative spike counts on ``ax_count``."""
+    for k, (label, color) in enumerate((("LIF", "C0"), ("ALIF", "C1"))):
+        voltage_trace(ax_v, out.v[:, 0, k], out.threshold[:, 0, k], out.z[:, 0, k], color=color, label=label)
+        ax_count.plot(_np(out.z[:, 0, k]).cumsum(), color=color, label=label)
+    ax_v.legend(loc="upper right", fontsize=8)
+    ax_count.set_xlabel("time (ms)")
+    ax_count.set_ylabel("cumulative spikes")
+    ax_count.legend(fontsize=8)

@@ -5,11 +5,10 @@ rendered book on a laptop CPU (minutes), ``paper`` for the papers' own settings 
 what it changes; a name a notebook does not declare is an error.
 """
 import ast
+import os
 from pathlib import Path
 
 import papermill
-
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 PROFILE_NAMES = ("smoke", "book", "paper")
 
@@ -49,15 +48,25 @@ class ParameterError(ValueError):
     """A notebook, profile or parameter that does not exist, or a value of the wrong type."""
 
 
+def notebook_dir():
+    """``$RNNNOTES_NOTEBOOKS`` if set, else ``notebooks/`` in the current working directory (read at each call)."""
+    path = Path(os.environ.get("RNNNOTES_NOTEBOOKS") or Path.cwd() / "notebooks")
+    if not path.is_dir():
+        raise ParameterError(f"notebook directory {path} does not exist; run from the repository root or set "
+                             f"RNNNOTES_NOTEBOOKS to the directory holding the notebooks")
+    return path
+
+
 def notebook_names():
-    return sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    """The notebooks ``NN_name`` in :func:`notebook_dir`, sorted."""
+    return sorted(p.stem for p in notebook_dir().glob("[0-9][0-9]_*.ipynb"))
 
 
 def notebook_path(name):
     names = notebook_names()
     if name not in names:
         raise ParameterError(f"unknown notebook {name!r}; valid notebooks: {', '.join(names)}")
-    return NOTEBOOK_DIR / f"{name}.ipynb"
+    return notebook_dir() / f"{name}.ipynb"
 
 
 def declared_parameters(name):

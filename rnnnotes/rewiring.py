@@ -4,11 +4,11 @@ Convention ``x @ W``: ``W[i, j]`` connects presynaptic ``i`` to postsynaptic ``j
 of its row. A rewired matrix is ``w = s * theta`` where ``theta > 0`` (active) and ``w = 0`` exactly where
 ``theta <= 0`` (dormant); the active set is read off the weights, ``s * w > 0``.
 """
-import hashlib
 import math
 
 import torch
 
+from . import seeding
 from .checks import require_integer, require_nonnegative, require_positive, require_shape
 
 
@@ -85,11 +85,6 @@ def sign_constrained_init(n_in, n_out, *, signs, connectivity, generator):
     return (s[:, None] * theta * mask).float()
 
 
-def _step_seed(seed, step_index):
-    digest = hashlib.blake2b(f"deepr:{seed}:{step_index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
 class DeepR:
     r"""DEEP R with a global connection budget on sign-fixed weights, modified in place.
 
@@ -102,14 +97,14 @@ class DeepR:
     ``s * dL/dw``: Adam is coordinatewise sign-equivariant (m flips sign with s, v does not), so no gradient
     rewriting is needed. Dormant entries keep receiving gradients, so their Adam moments stay regular.
     ``step_index`` must be the global step, so a run resumed from weights, optimizer and ``state_dict()`` is
-    bitwise identical. The budget is only refilled from below: weights that start with more than K active entries
-    (e.g. a full mask at p > 0.95) stay above it until pruning brings them down.
+    bitwise identical (``seed=None`` draws a seed, kept in ``.seed`` and ``state_dict()``). The budget is only
+    refilled from below: weights that start with more than K active entries (e.g. a full mask at p > 0.95) stay
+    above it until pruning brings them down.
     """
 
     def __init__(self, weights, signs, *, connectivity, l1, temperature=0.0, seed=0, allowed=None):
         _require_connectivity(connectivity)
         require_nonnegative(l1=l1, temperature=temperature)
-        require_integer(seed=seed)
         if not isinstance(weights, dict) or not weights:
             raise ValueError("weights must be a non-empty dict of name -> parameter")
         for name, w in weights.items():
@@ -117,7 +112,7 @@ class DeepR:
                 raise ValueError(f"weights[{name!r}] must be a 2-d tensor")
         self.weights = dict(weights)
         self.connectivity, self.l1, self.temperature = float(connectivity), float(l1), float(temperature)
-        self.seed = seed
+        self.seed = seeding.resolve_seed(seed)
         self._signs = self._full("signs", signs, self._expand_signs, required=True)
         self._allowed = self._full("allowed", allowed or {}, self._check_allowed, required=False)
         with torch.no_grad():
@@ -168,14 +163,14 @@ class DeepR:
         :math:`\theta \leftarrow \theta - \eta l_1 + \sqrt{2 \eta T}\,\xi`, and :math:`\theta \le 0` becomes dormant
         (w = 0); (c) :math:`\max(0, K - \#active)` dormant allowed positions are reconnected at
         :math:`\theta = 10^{-12}`, split over matrices by a categorical draw :math:`\propto p\,|allowed_m|` and chosen
-        uniformly without replacement. Randomness comes from a generator seeded by ``(seed, step_index)``.
+        uniformly without replacement. Randomness comes from ``seeding.generator(seed, "deepr", step_index)``.
         """
         require_positive(lr=lr)
         require_integer(step_index=step_index)
         if self._before is None:
             raise RuntimeError("call before_step() before optimizer.step() and step()")
         before, self._before = self._before, None
-        g = torch.Generator().manual_seed(_step_seed(self.seed, step_index))
+        g = seeding.generator(self.seed, "deepr", step_index)
         noise_std = math.sqrt(2.0 * lr * self.temperature)
         active, new = {}, {}
         for name, w in self.weights.items():

@@ -2,16 +2,15 @@
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def results_root():
-    """``$RNNNOTES_RESULTS`` if set, else ``results/`` in the repository."""
-    return Path(os.environ.get("RNNNOTES_RESULTS", ROOT / "results"))
+    """``$RNNNOTES_RESULTS`` if set, else ``results/`` in the current working directory (read at each call)."""
+    return Path(os.environ.get("RNNNOTES_RESULTS") or Path.cwd() / "results")
 
 
 def run_dir(notebook, params, name="run"):
@@ -24,9 +23,14 @@ def run_dir(notebook, params, name="run"):
 
 
 def _atomic(path, write):
-    tmp = Path(f"{path}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    """``write(tmp)`` then rename ``tmp`` onto ``path``: readers see the old file or the new one, never a part;
+    a write that raises leaves the old file and no temporary behind."""
+    tmp = Path(f"{path}.tmp{os.getpid()}-{threading.get_ident()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path, obj):
@@ -47,3 +51,12 @@ def load_torch(path, device=None):
 
 def save_table(path, frame):
     _atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def source_hash():
+    """sha256 (12 hex digits) of the package's Python sources: part of every training run's key, so a changed
+    module never silently reuses a model that an older version trained."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]

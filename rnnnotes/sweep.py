@@ -1,4 +1,5 @@
-"""Parameter grids x seeds as independent notebook executions, on a local process pool.
+"""Sweeps: grids x seeds of notebook executions (``sweep``), or of training configs inside a notebook
+(``train_all``).
 
 One failure never stops the others; the summary says what ran and what failed. Any
 ``concurrent.futures.Executor`` works (for SLURM, ``submitit.AutoExecutor`` has the same interface).
@@ -6,7 +7,9 @@ One failure never stops the others; the summary says what ran and what failed. A
 import itertools
 from concurrent.futures import ProcessPoolExecutor
 
-from . import profiles, runner, store
+import pandas as pd
+
+from . import experiments, profiles, runner, store
 
 
 def grid(axes):
@@ -49,3 +52,25 @@ def summary(outcomes):
     failed = sum(status != "ok" for _, status, _ in outcomes)
     lines.append(f"{len(outcomes) - failed} ran, {failed} failed")
     return "\n".join(lines)
+
+
+def _train(key, config, device, progress):
+    try:
+        return experiments.train_run(config, name=_run_name(key), device=device, progress=progress)
+    except Exception as err:  # a crashed run is one failed point, not a failed sweep
+        return experiments.Run(None, None, pd.DataFrame(), "failed", f"{type(err).__name__}: {err}", None)
+
+
+def _run_name(key):
+    return "-".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+
+def train_all(configs, *, device="auto", executor=None, progress=False):
+    """``{key: Run}`` for ``{key: config}`` (see :func:`rnnnotes.experiments.train_run`), each stored under the
+    run name made of its key. In this process one after the other, or on ``executor``; a run that raises is
+    returned with status ``"failed"`` and the others go on."""
+    if executor is None:
+        return {key: _train(key, config, device, progress) for key, config in configs.items()}
+    with executor:
+        futures = {key: executor.submit(_train, key, config, device, progress) for key, config in configs.items()}
+        return {key: future.result() for key, future in futures.items()}

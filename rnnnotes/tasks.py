@@ -1,65 +1,82 @@
 """Tasks as seeded batch generators: LSNN store-recall, ModProp's delayed XOR and LSNN sequential MNIST.
 
-Every task returns a :class:`Batch`: time-first input ``x (T, B, n_in)`` with dt = 1 ms, and labels
-``y (T // window, B)`` for consecutive windows of ``window`` steps (-1 where a window has no target). The loss of
-every task is the cross-entropy of the readout averaged over each window (``losses.cross_entropy``). Every
-stochastic function takes a ``generator``; :class:`TaskStream` makes batch ``step`` a pure function of
-``(seed, step)``, so a resumed run sees exactly the data it would have seen.
+Every task returns a :class:`Batch` ``(x, y, mask)``: time-first input ``x (T, B, n_in)`` with dt = 1 ms, targets
+``y`` for consecutive windows of ``window`` steps and ``mask`` marking the windows that carry one. The batch names
+its loss; the three tasks here are classifications, scored by the cross-entropy of the readout averaged over each
+window (``losses.windowed_cross_entropy``). Every stochastic function takes a ``generator``; :class:`TaskStream`
+makes batch ``step`` a pure function of ``(seed, stream, step)``, so a resumed run sees exactly the data it would
+have seen.
 """
 import inspect
 import numbers
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
 
+from . import seeding
 from .checks import require_integer, require_nonnegative, require_positive, require_shape
+from .losses import LOSSES
 
 
-class Batch(NamedTuple):
-    """One batch. The logits of window ``k`` are ``out[k * window:(k + 1) * window].mean(0)``."""
+@dataclass(frozen=True, eq=False)
+class Batch:
+    r"""One batch, unpacked as ``x, y, mask = batch``; the readout of window ``k`` is
+    :math:`\bar o_k = \frac1w \sum_{t=kw}^{kw+w-1} o_t` with ``w = window``.
 
-    x: torch.Tensor  # (T, B, n_in) float32 input
-    y: torch.Tensor  # (T // window, B) int64 class labels, -1 where that window has no target
-    window: int  # consecutive steps averaged into one decision
+    ``x (T, B, n_in)`` floating input. ``loss`` names the task's loss, a key of ``losses.LOSSES``:
+    ``"cross_entropy"`` takes int64 class labels ``y (T // window, B)`` (-1 allowed where masked), ``"mse"``
+    floating targets ``y (T // window, B, n_out)``. ``mask (T // window, B)`` bool: the windows that carry a target.
+    """
 
-    @property
-    def mask(self):
-        """``y >= 0``: the windows that carry a target."""
-        return self.y >= 0
+    x: torch.Tensor
+    y: torch.Tensor
+    mask: torch.Tensor
+    window: int = 1
+    loss: str = "cross_entropy"
+
+    def __post_init__(self):
+        _check_batch(self)
+
+    def __iter__(self):
+        return iter((self.x, self.y, self.mask))
+
+    def to(self, device):
+        """A copy with ``x``, ``y`` and ``mask`` on ``device``."""
+        return replace(self, x=self.x.to(device), y=self.y.to(device), mask=self.mask.to(device))
+
+
+def _check_batch(batch):
+    """Raise ``ValueError`` naming the field of ``batch`` that breaks the :class:`Batch` contract."""
+    x, y, mask, window, loss = batch.x, batch.y, batch.mask, batch.window, batch.loss
+    if not isinstance(loss, str) or loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
+    _require_int(window=window)
+    for name, value in (("x", x), ("y", y), ("mask", mask)):
+        if not torch.is_tensor(value):
+            raise ValueError(f"{name} must be a tensor, got {type(value).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be floating point, got dtype {x.dtype}")
+    require_shape("x", x, (None, None, None))
+    if loss == "cross_entropy" and y.dtype != torch.int64:
+        raise ValueError(f"y must hold int64 class labels for loss='cross_entropy', got dtype {y.dtype}")
+    if loss == "mse" and not y.is_floating_point():
+        raise ValueError(f"y must hold floating targets for loss='mse', got dtype {y.dtype}")
+    require_shape("y", y, (None, x.shape[1]) + ((None,) if loss == "mse" else ()))
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be bool, got dtype {mask.dtype}")
+    require_shape("mask", mask, tuple(y.shape[:2]))
+    if x.shape[0] // window != y.shape[0]:
+        raise ValueError(f"x must cover the {y.shape[0]} windows of y: T // window == {y.shape[0]} with "
+                         f"window={window}, got T={x.shape[0]}")
+    if loss == "cross_entropy" and (mask & (y < 0)).any():
+        raise ValueError("y must be a class label >= 0 wherever mask is True")
 
 
 def _require_int(**values):
     """Raise ``ValueError`` naming the first argument that is not a positive integer."""
     require_positive(**values)
     require_integer(**values)
-
-
-def _require_index(name, value, limit):
-    """Raise ``ValueError`` unless ``value`` is an integer in ``[0, limit)``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < limit:
-        raise ValueError(f"{name} must be an integer in [0, {limit}), got {value!r}")
-
-
-# ---------------------------------------------------------------------------------------------- reproducible streams
-
-def _fmix32(h):
-    """MurmurHash3's 32-bit finaliser: a bijection of ``[0, 2**32)`` that scatters neighbouring keys."""
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
-    return h ^ (h >> 16)
-
-
-def step_seed(seed, step):
-    """Generator seed of batch ``step`` of stream ``seed``; distinct pairs give distinct seeds.
-
-    torch's CPU generator keeps only the low 32 bits of a seed, so the pair is packed into 32 bits,
-    ``seed < 2**12`` and ``step < 2**20``, and scattered by a bijection (MurmurHash3 ``fmix32``).
-    """
-    _require_index("seed", seed, 1 << 12)
-    _require_index("step", step, 1 << 20)
-    return _fmix32((int(seed) << 20) | int(step))
 
 
 def _check_arguments(make, kwargs):
@@ -82,32 +99,38 @@ def _check_arguments(make, kwargs):
 
 
 class TaskStream:
-    """Batches of one task, each a pure function of ``(seed, step)``: ``stream(step) -> Batch``.
+    """Batches of one task, each a pure function of ``(seed, stream, step)``: ``task_stream(step) -> Batch``.
 
-    ``stream(step)`` calls ``make(generator=torch.Generator().manual_seed(step_seed(seed, step)), **kwargs)``,
-    so the data of step ``k`` never depends on what was drawn before (bitwise resume). ``make`` is a task
+    ``task_stream(step)`` calls ``make(generator=seeding.generator(seed, "data", stream, step), **kwargs)``, so
+    the data of step ``k`` never depends on what was drawn before (bitwise resume), and the named streams of
+    one seed (``"train"``, ``"validation"``, ``"test"``, ``"example"``, ...) are independent of each other and
+    of every other stream of the run. ``seed=None`` draws a seed (kept in ``.seed``). ``make`` is a task
     function, a name in :data:`TASKS`, or any callable taking ``generator=`` (e.g. :class:`SMNIST`).
     Keyword arguments ``make`` cannot accept fail here; their values are checked by the task on the first call.
     """
 
-    def __init__(self, make, *, seed, **kwargs):
+    def __init__(self, make, *, seed, stream="train", **kwargs):
         make = get_task(make) if isinstance(make, str) else make
         if not callable(make):
             raise TypeError(f"make must be a task function or a task name, got {make!r}")
-        step_seed(seed, 0)
+        if not isinstance(stream, str) or not stream:
+            raise ValueError(f"stream must be a non-empty string such as 'train' or 'test', got {stream!r}")
         _check_arguments(make, kwargs)
-        self.make, self.seed, self.kwargs = make, int(seed), dict(kwargs)
+        self.make, self.seed, self.stream, self.kwargs = make, seeding.resolve_seed(seed), stream, dict(kwargs)
 
     def generator(self, step):
-        """The fresh generator that batch ``step`` is drawn with."""
-        return torch.Generator().manual_seed(step_seed(self.seed, step))
+        """The fresh generator that batch ``step`` is drawn with: ``seeding.generator(seed, "data", stream, step)``."""
+        require_integer(step=step)
+        require_nonnegative(step=step)
+        return seeding.generator(self.seed, "data", self.stream, step)
 
     def __call__(self, step):
         return self.make(generator=self.generator(step), **self.kwargs)
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items() if not torch.is_tensor(v))
-        return f"TaskStream({getattr(self.make, '__name__', self.make)!r}, seed={self.seed}, {args})"
+        args = [f"seed={self.seed}", f"stream={self.stream!r}"]
+        args += [f"{k}={v!r}" for k, v in self.kwargs.items() if not torch.is_tensor(v)]
+        return f"TaskStream({getattr(self.make, '__name__', self.make)!r}, {', '.join(args)})"
 
 
 # --------------------------------------------------------------------------------------------------- store-recall
@@ -191,7 +214,7 @@ def store_recall_trials(batch_size, *, generator, n_symbols=12, symbol_ms=200, n
     active = active.repeat_interleave(n_channels // 4, dim=-1).repeat_interleave(symbol_ms, dim=0)
     spikes = torch.rand(active.shape, generator=generator) < rate_hz * 1e-3
     x = (spikes & active).float()
-    return StoreRecallTrials(Batch(x, y, int(symbol_ms)), torch.where(seq < 2, shown, seq), shown)
+    return StoreRecallTrials(Batch(x, y, recall, int(symbol_ms)), torch.where(seq < 2, shown, seq), shown)
 
 
 def store_recall(batch_size, *, generator, n_symbols=12, symbol_ms=200, n_channels=100, rate_hz=50.0,
@@ -203,32 +226,47 @@ def store_recall(batch_size, *, generator, n_symbols=12, symbol_ms=200, n_channe
 
 # ---------------------------------------------------------------------------------------------------- delayed XOR
 
-def delayed_xor(batch_size, *, generator, delay_ms=700, cue_ms=100, baseline=0.02, amplitude=2.0, width_ms=25.0,
-                noise_std=0.01):
+@dataclass(frozen=True)
+class XORCues:
+    """The input of ModProp's delayed XOR: channel ``baseline``, Gaussian cue bumps of peak ``amplitude`` and
+    width ``width_ms`` (ms), additive Gaussian noise of standard deviation ``noise_std``."""
+
+    baseline: float = 0.02
+    amplitude: float = 2.0
+    width_ms: float = 25.0
+    noise_std: float = 0.01
+
+    def __post_init__(self):
+        require_positive(amplitude=self.amplitude, width_ms=self.width_ms)
+        require_nonnegative(baseline=self.baseline, noise_std=self.noise_std)
+
+
+def delayed_xor(batch_size, *, generator, delay_ms=700, cue_ms=100, cues=XORCues()):
     r"""ModProp's delayed XOR (Liu et al. 2022): two cues ``delay_ms`` apart, label at the last step.
 
-    ``T = cue_ms + delay_ms + cue_ms``, two channels at ``baseline``. Cue bit ``i`` (uniform) of 1 adds
+    ``T = cue_ms + delay_ms + cue_ms``, two channels at ``cues.baseline``. Cue bit ``i`` (uniform) of 1 adds
     :math:`a\,e^{-s^2 / (2 w^2)}`, ``s = linspace(-cue_ms/2, cue_ms/2, cue_ms)``, to channel ``i`` over its window
     (channel 0 in ``[0, cue_ms)``, channel 1 in ``[T - cue_ms, T)``). Gaussian noise of standard deviation
-    ``noise_std`` is added everywhere (the original's ``np.random.normal(0.0, 0.01)``: 0.01 is the scale, i.e.
-    the std). Label 1 if the bits are equal (XNOR), else 0, at ``t = T - 1`` only; ``window = 1``.
+    ``cues.noise_std`` is added everywhere (the original's ``np.random.normal(0.0, 0.01)``: 0.01 is the scale,
+    i.e. the std). Label 1 if the bits are equal (XNOR), else 0, at ``t = T - 1`` only; ``window = 1``.
     """
     _require_int(batch_size=batch_size, cue_ms=cue_ms)
-    require_positive(amplitude=amplitude, width_ms=width_ms)
-    require_nonnegative(delay_ms=delay_ms, baseline=baseline, noise_std=noise_std)
+    require_nonnegative(delay_ms=delay_ms)
+    if not isinstance(cues, XORCues):
+        raise ValueError(f"cues must be an XORCues, got {type(cues).__name__}")
     if not isinstance(delay_ms, numbers.Integral):
         raise ValueError(f"delay_ms must be an integer number of 1 ms steps, got {delay_ms!r}")
     T = 2 * cue_ms + int(delay_ms)
     bits = torch.randint(0, 2, (2, batch_size), generator=generator)
     s = torch.linspace(-cue_ms / 2, cue_ms / 2, cue_ms, dtype=torch.float64)
-    bump = (amplitude * torch.exp(-s ** 2 / (2 * width_ms ** 2))).float()[:, None]
-    x = torch.full((T, batch_size, 2), float(baseline))
+    bump = (cues.amplitude * torch.exp(-s ** 2 / (2 * cues.width_ms ** 2))).float()[:, None]
+    x = torch.full((T, batch_size, 2), float(cues.baseline))
     x[:cue_ms, :, 0] += bump * bits[0]
     x[T - cue_ms:, :, 1] += bump * bits[1]
-    x += noise_std * torch.randn(T, batch_size, 2, generator=generator)
+    x += cues.noise_std * torch.randn(T, batch_size, 2, generator=generator)
     y = torch.full((T, batch_size), -1, dtype=torch.int64)
     y[-1] = (bits[0] == bits[1]).long()
-    return Batch(x, y, 1)
+    return Batch(x, y, y >= 0, window=1)
 
 
 # ------------------------------------------------------------------------------------------------ sequential MNIST
@@ -278,7 +316,9 @@ def smnist_encode(images, labels, *, n_thresholds=40, cue_ms=56):
                          f"cue_ms={cue_ms}")
     y = torch.full((x.shape[0] // window, images.shape[0]), -1, dtype=torch.int64, device=x.device)
     y[-1] = labels.long()
-    return Batch(x, y, window)
+    mask = torch.zeros_like(y, dtype=torch.bool)
+    mask[-1] = True
+    return Batch(x, y, mask, window)
 
 
 def smnist_batch(images, labels, batch_size, *, generator, n_thresholds=40, cue_ms=56):

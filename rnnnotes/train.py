@@ -1,14 +1,14 @@
 """The one training loop: progress bar, metrics per step, evaluation, atomic checkpoints, resume, NaN stop."""
 import math
 import time
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import store
+from . import numerics, store
 from .checks import require_positive
 
 
@@ -49,7 +49,9 @@ class FitResult(NamedTuple):
 
 
 def to_device(batch, device):
-    """The same NamedTuple batch with its tensors on ``device``."""
+    """``batch.to(device)`` (a :class:`~rnnnotes.tasks.Batch`), else the same NamedTuple with its tensors moved."""
+    if hasattr(batch, "to"):
+        return batch.to(device)
     return type(batch)(*(f.to(device) if torch.is_tensor(f) else f for f in batch))
 
 
@@ -62,20 +64,48 @@ def evaluator(objective, batches):
     return evaluate
 
 
-def _state(step, rows, model, optimizer, scheduler, rewiring):
-    return {"step": step, "rows": rows, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler else None,
-            "rewiring": rewiring.state_dict() if rewiring else None}
+class Training(NamedTuple):
+    """Everything one run trains with: ``model`` on batches ``task(step)``, minimising
+    ``objective(model, batch, rule) -> (loss, metrics)`` with ``optimizer`` (and ``scheduler``) for
+    ``config.steps`` steps; ``rule`` changes how credit flows (never the forward values), ``rewiring`` (DEEP R)
+    acts around each optimizer step, ``evaluate(model) -> dict`` is called without a rule."""
+
+    model: Any
+    task: Any
+    objective: Any
+    optimizer: Any
+    config: FitConfig
+    scheduler: Any = None
+    rule: Any = None
+    rewiring: Any = None
+    evaluate: Any = None
+
+    def with_config(self, **changes):
+        """The same training with fields of its :class:`FitConfig` replaced (e.g. ``max_seconds``)."""
+        return self._replace(config=replace(self.config, **changes))
 
 
-def _restore(ckpt, model, optimizer, scheduler, rewiring):
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    if rewiring:
-        rewiring.load_state_dict(ckpt["rewiring"])
+def _state(step, rows, t):
+    return {"step": step, "rows": rows, "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+            "scheduler": t.scheduler.state_dict() if t.scheduler else None,
+            "rewiring": t.rewiring.state_dict() if t.rewiring else None}
+
+
+def _restore(ckpt, t):
+    t.model.load_state_dict(ckpt["model"])
+    t.optimizer.load_state_dict(ckpt["optimizer"])
+    if t.scheduler:
+        t.scheduler.load_state_dict(ckpt["scheduler"])
+    if t.rewiring:
+        t.rewiring.load_state_dict(ckpt["rewiring"])
     return ckpt["step"], ckpt["rows"]
+
+
+def _reuse(run_dir, model):
+    result = store.read_json(run_dir / "result.json")
+    if result["status"] == "finished":
+        model.load_state_dict(store.load_torch(run_dir / "model.pt"))
+    return FitResult(pd.read_csv(run_dir / "metrics.csv"), result["status"], result["message"])
 
 
 def _finish(run_dir, rows, status, message, model):
@@ -88,64 +118,77 @@ def _finish(run_dir, rows, status, message, model):
     return FitResult(history, status, message)
 
 
-def fit(model, task, objective, optimizer, config, *, run_dir=None, rule=None, rewiring=None, scheduler=None,
-        evaluate=None):
-    """Train ``model`` on batches ``task(step)`` minimising ``objective(model, batch, rule) -> (loss, metrics)``.
+def _train_step(t, step, device):
+    """One step: ``rewiring.before_step()``, backward, ``optimizer.step()``, ``rewiring.step(lr, step)``,
+    ``scheduler.step()``, evaluation when due. Returns ``(row, loss)``; ``row`` is None (nothing updated) when the
+    loss is not finite or above ``max_loss``."""
+    batch = to_device(t.task(step), device)
+    lr = t.optimizer.param_groups[0]["lr"]
+    if t.rewiring:
+        t.rewiring.before_step()
+    t.optimizer.zero_grad(set_to_none=True)
+    loss, metrics = t.objective(t.model, batch, t.rule)
+    if not math.isfinite(metrics["loss"]) or metrics["loss"] > t.config.max_loss:
+        return None, metrics["loss"]
+    loss.backward()
+    t.optimizer.step()
+    if t.rewiring:
+        t.rewiring.step(lr, step)
+    if t.scheduler:
+        t.scheduler.step()
+    row = {"step": step + 1, **metrics, "lr": lr}
+    if t.rewiring:
+        row.update({f"active_{name}": count for name, count in t.rewiring.active_counts().items()})
+    every, steps = t.config.eval_every, t.config.steps
+    if t.evaluate and ((every and (step + 1) % every == 0) or step + 1 == steps):
+        with torch.no_grad():
+            row.update({f"eval_{k}": v for k, v in t.evaluate(t.model).items()})
+    return row, metrics["loss"]
 
-    Per step: ``rewiring.before_step()``, backward of the loss (through ``rule``, which changes how credit flows,
-    never the forward values), ``optimizer.step()``, ``rewiring.step(lr, step)``, ``scheduler.step()``.
+
+def _early_stop(config, rows, started):
+    """Why training ends before ``config.steps`` (target reached, time used), or None."""
+    if config.stop_metric and config.reached(rows):
+        return f"reached mean {config.stop_metric} >= {config.stop_at:g} at step {rows[-1]['step']}"
+    if config.max_seconds and time.perf_counter() - started > config.max_seconds:
+        return f"stopped at step {rows[-1]['step']}: time budget of {config.max_seconds:g} s used"
+    return None
+
+
+@numerics.flush_denormal()
+def fit(training, *, run_dir=None):
+    """Train a :class:`Training` (see there for what each piece does), with denormals flushed to zero.
+
     With ``run_dir``, a finished run is reused, an interrupted one resumes from its last checkpoint and ends
     bitwise-identical on CPU (batches depend only on the step index), and a diverging one stops with
-    ``status="diverged"`` keeping the last good checkpoint. ``evaluate(model) -> dict`` is called without a rule.
+    ``status="diverged"`` keeping the last good checkpoint (no non-finite value is logged).
     """
+    t, config = training, training.config
     if run_dir and (run_dir / "result.json").exists():
-        result = store.read_json(run_dir / "result.json")
-        if result["status"] == "finished":
-            model.load_state_dict(store.load_torch(run_dir / "model.pt"))
-        return FitResult(pd.read_csv(run_dir / "metrics.csv"), result["status"], result["message"])
+        return _reuse(run_dir, t.model)
     start, rows = 0, []
     if run_dir and (run_dir / "checkpoint.pt").exists():
-        start, rows = _restore(store.load_torch(run_dir / "checkpoint.pt"), model, optimizer, scheduler, rewiring)
-    device = next(model.parameters()).device
+        start, rows = _restore(store.load_torch(run_dir / "checkpoint.pt"), t)
+    device = next(t.model.parameters()).device
     bar = tqdm(total=config.steps, initial=start, disable=not config.progress, desc="training")
     status, message = "finished", f"finished {config.steps} steps"
     started = time.perf_counter()
     for step in range(start, config.steps):
-        batch = to_device(task(step), device)
-        lr = optimizer.param_groups[0]["lr"]
-        if rewiring:
-            rewiring.before_step()
-        optimizer.zero_grad(set_to_none=True)
-        loss, metrics = objective(model, batch, rule)
-        if not math.isfinite(metrics["loss"]) or metrics["loss"] > config.max_loss:
+        row, loss = _train_step(t, step, device)
+        if row is None:
             status = "diverged"
-            message = (f"stopped at step {step}: loss {metrics['loss']:.4g} is not finite or above max_loss="
+            message = (f"stopped at step {step}: loss {loss:.4g} is not finite or above max_loss="
                        f"{config.max_loss:g}; kept the last good checkpoint")
             print(message)
             break
-        loss.backward()
-        optimizer.step()
-        if rewiring:
-            rewiring.step(lr, step)
-        if scheduler:
-            scheduler.step()
-        row = {"step": step + 1, **metrics, "lr": lr}
-        if rewiring:
-            row.update({f"active_{name}": count for name, count in rewiring.active_counts().items()})
-        if evaluate and ((config.eval_every and (step + 1) % config.eval_every == 0) or step + 1 == config.steps):
-            with torch.no_grad():
-                row.update({f"eval_{k}": v for k, v in evaluate(model).items()})
         rows.append(row)
         bar.update()
         bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("loss", "accuracy", "rate_hz")})
         if run_dir and (step + 1) % config.checkpoint_every == 0:
-            store.save_torch(run_dir / "checkpoint.pt", _state(step + 1, rows, model, optimizer, scheduler,
-                                                               rewiring))
-        if config.stop_metric and config.reached(rows):
-            message = f"reached mean {config.stop_metric} >= {config.stop_at:g} at step {step + 1}"
-            break
-        if config.max_seconds and time.perf_counter() - started > config.max_seconds:
-            message = f"stopped at step {step + 1}: time budget of {config.max_seconds:g} s used"
+            store.save_torch(run_dir / "checkpoint.pt", _state(step + 1, rows, t))
+        stop = _early_stop(config, rows, started)
+        if stop:
+            message = stop
             break
     bar.close()
-    return _finish(run_dir, rows, status, message, model)
+    return _finish(run_dir, rows, status, message, t.model)

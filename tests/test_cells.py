@@ -78,7 +78,7 @@ def test_step_is_one_exact_recurrence():
                            z=(torch.rand(4, 4) < 0.5).double(), b=torch.rand(4, 4, dtype=torch.float64))
     i_t = torch.rand(4, 4, dtype=torch.float64) * 0.01
     (z, v, A), new = cell.step(i_t, state)
-    b = cell.rho * state.b + (1 - cell.rho) * state.z
+    b = cell.params.rho * state.b + (1 - cell.params.rho) * state.z
     A_ref = 0.01 + cell.beta.double() * b
     w_rec = cell.w_rec.detach() * (1 - torch.eye(4, dtype=torch.float64))
     v_ref = cell.alpha * state.v + (1 - cell.alpha) * (i_t + state.z @ w_rec) - state.z * A_ref
@@ -103,13 +103,13 @@ def test_pseudo_derivative_formula():
     assert (v0.grad[ref == 0] > 0).any() and (v0.grad[v_scaled.abs() >= 1] == 0).all()
 
 
-def test_spike_gradcheck_with_smooth_surrogate_region():
+def test_spike_backward_is_the_pseudo_derivative():
     v = torch.tensor([-0.9, -0.3, 0.2, 0.7], dtype=torch.float64, requires_grad=True)
     spike(v, 0.5).sum().backward()
     torch.testing.assert_close(v.grad, 0.5 * (1 - v.detach().abs()))
 
 
-def test_rate_rnn_gradients_match_finite_differences():
+def test_rate_rnn_gradcheck_against_finite_differences():
     for activation in ("tanh", "relu"):
         cell = RateRNN(3, 5, activation=activation, tau=10.0, seed=2).double()
         x = torch.randn(12, 2, 3, dtype=torch.float64)

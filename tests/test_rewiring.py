@@ -1,10 +1,12 @@
 """DEEP R and the LSNN signed initialisation against the invariants of the digest (section 7.7)."""
 import copy
+import math
 
 import pytest
 import torch
 from torch import nn
 
+from rnnnotes import seeding
 from rnnnotes.rewiring import DeepR, neuron_signs, sign_constrained_init
 
 N_IN, N, N_OUT = 6, 10, 3
@@ -155,6 +157,18 @@ def test_same_seed_is_bitwise_reproducible_and_the_seed_matters():
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_noise_comes_from_the_deepr_stream_of_the_seed():
+    seed = 2 ** 31 + 5  # no upper limit below 2**31
+    weights = {"w": nn.Parameter(torch.full((6, 6), 1.0))}
+    deepr = DeepR(weights, {"w": torch.ones(6)}, connectivity=1.0, l1=0.0, temperature=0.5, seed=seed)
+    deepr.before_step()
+    deepr.step(0.1, 7)
+    noise = math.sqrt(2 * 0.1 * 0.5) * torch.randn(6, 6, generator=seeding.generator(seed, "deepr", 7))
+    assert torch.equal(weights["w"].detach(), torch.clamp(1.0 + noise, min=0.0))
+    assert DeepR({"w": nn.Parameter(torch.ones(2, 2))}, {"w": torch.ones(2)}, connectivity=1.0, l1=0.0,
+                 seed=None).seed >= 0
+
+
 def test_resume_from_state_dicts_is_bitwise_identical():
     straight, _, _ = train(40, seed=1)
     _, _, half = train(20, seed=1)
@@ -261,6 +275,9 @@ def _deepr(**overrides):
      "signs has unknown names"),
     (dict(allowed={"w_bogus": torch.ones(N, N, dtype=torch.bool)}), "allowed has unknown names"),
     (dict(allowed={"w_rec": torch.ones(N, N)}), "allowed['w_rec']"),
+    (dict(seed=-1), "seed"),
+    (dict(seed=1.5), "seed"),
+    (dict(seed=True), "seed"),
 ])
 def test_bad_deepr_arguments_name_the_parameter(overrides, name):
     with pytest.raises(ValueError, match=name.replace("[", r"\[").replace("]", r"\]")):

@@ -1,12 +1,18 @@
-"""The runner: profiles, parameter validation, failures, sweeps."""
+"""The runner: profiles, parameter validation, failures, sweeps, settings."""
+import asyncio
 import json
+import os
+import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
+from jupyter_client import AsyncKernelManager
 
 from rnnnotes import profiles, runner, sweep
-from conftest import cli
+from conftest import ROOT, cli
 
 
 def test_profile_table_matches_the_notebooks():
@@ -64,39 +70,81 @@ def test_list_prints_every_notebook_and_parameter():
 
 @pytest.fixture
 def failing_notebook(tmp_path, monkeypatch):
+    """``98_failing`` alone in ``$RNNNOTES_NOTEBOOKS``; ``$RNNNOTES_RESULTS`` unset, so results go to ``work/results``
+    under the working directory ``work/``. Its second cell records where the kernel runs and what it was told."""
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                            "language": "python"}})
     params = nbformat.v4.new_code_cell("x = 1")
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell("print('fine')"),
-                nbformat.v4.new_code_cell("if x == 2:\n    raise ValueError('x must not be 2')")]
+    record = nbformat.v4.new_code_cell("import os, pathlib\nresults = pathlib.Path(os.environ['RNNNOTES_RESULTS'])\n"
+                                       "results.mkdir(parents=True, exist_ok=True)\n"
+                                       "(results / f'kernel-{x}.txt').write_text(os.getcwd())")
+    nb.cells = [params, record, nbformat.v4.new_code_cell("if x == 2:\n    raise ValueError('x must not be 2')")]
     nbformat.write(nb, tmp_path / "98_failing.ipynb")
-    monkeypatch.setattr(profiles, "NOTEBOOK_DIR", tmp_path)
-    monkeypatch.setenv("RNNNOTES_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("RNNNOTES_NOTEBOOKS", str(tmp_path))
+    monkeypatch.delenv("RNNNOTES_RESULTS", raising=False)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
     return tmp_path
 
 
 def test_failing_notebook_keeps_its_executed_copy_and_names_the_cell(failing_notebook):
     output = failing_notebook / "out.ipynb"
+    environ = dict(os.environ)
     with pytest.raises(runner.NotebookFailed, match=r"notebook 98_failing failed in cell In \[4\] \('if x == 2:'\) with ValueError: x must"):
         runner.run("98_failing", overrides={"x": 2}, output=output)
     executed = nbformat.read(output, as_version=4)
     assert executed.metadata.papermill.exception is True
     assert any(o.get("ename") == "ValueError" for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert dict(os.environ) == environ and Path.cwd() == failing_notebook / "work"
+    kernel_cwd = (failing_notebook / "work" / "results" / "kernel-2.txt").read_text()
+    assert Path(kernel_cwd).resolve() == failing_notebook.resolve(), "the kernel runs in the notebook's directory"
+
+
+def test_run_hands_the_results_root_to_the_kernel_not_to_os_environ(failing_notebook, monkeypatch):
+    calls = {}
+    monkeypatch.setattr(papermill, "execute_notebook", lambda source, output, **kw: calls.update(kw))
+    monkeypatch.setattr(runner, "_hide_default_parameters", lambda path: None)
+    monkeypatch.setenv("RNNNOTES_RESULTS", "relative/results")
+    environ = dict(os.environ)
+    runner.run("98_failing", output=failing_notebook / "out.ipynb")
+    assert dict(os.environ) == environ and "cwd" not in calls, "neither os.environ nor the process cwd changes"
+
+    async def start_kernel(self, **kw):
+        calls["start_kernel"] = kw
+    monkeypatch.setattr(AsyncKernelManager, "start_kernel", start_kernel)
+    asyncio.run(calls["kernel_manager_class"](kernel_name="python3").start_kernel(extra_arguments=[]))
+    started = calls["start_kernel"]
+    assert started["env"]["RNNNOTES_RESULTS"] == str(failing_notebook / "work" / "relative" / "results")
+    assert started["env"]["PATH"] == os.environ["PATH"] and started["cwd"] == str(failing_notebook)
 
 
 def test_sweep_runs_every_point_and_survives_a_failure(failing_notebook):
     outcomes = sweep.sweep("98_failing", "smoke", {"x": [1, 2, 3]}, executor=ThreadPoolExecutor(2))
     assert [(p["x"], status) for p, status, _ in outcomes] == [(1, "ok"), (2, "failed"), (3, "ok")]
     assert "2 ran, 1 failed" in sweep.summary(outcomes)
-    assert (failing_notebook / "results" / "sweeps" / "98_failing" / "smoke" / "x=3.ipynb").exists()
+    results = failing_notebook / "work" / "results"
+    assert (results / "sweeps" / "98_failing" / "smoke" / "x=3.ipynb").exists()
+    assert {p.name for p in results.glob("kernel-*.txt")} == {"kernel-1.txt", "kernel-2.txt", "kernel-3.txt"}
 
 
-def test_run_executes_a_notebook_through_the_cli(tmp_path):
-    output = tmp_path / "neurons.ipynb"
-    result = cli("run", "01_neurons", "-p", "duration_ms=200", "--output", str(output))
-    assert result.returncode == 0, result.stderr
-    executed = nbformat.read(output, as_version=4)
-    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert "duration_ms = 200" in injected[0].source
-    assert not executed.metadata.papermill.exception
+def test_directories_are_settings_with_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNNOTES_NOTEBOOKS", str(tmp_path / "nowhere"))
+    with pytest.raises(profiles.ParameterError, match="directory .*nowhere does not exist.*RNNNOTES_NOTEBOOKS"):
+        profiles.notebook_names()
+    monkeypatch.delenv("RNNNOTES_NOTEBOOKS")
+    monkeypatch.delenv("RNNNOTES_BOOK")
+    monkeypatch.chdir(tmp_path)
+    no_notebooks = re.escape(f"notebook directory {tmp_path / 'notebooks'} does not exist")
+    with pytest.raises(profiles.ParameterError, match=no_notebooks):
+        profiles.notebook_path("01_neurons")
+    no_book = re.escape(f"book directory {tmp_path / 'book'} has no _toc.yml") + ".*RNNNOTES_BOOK"
+    with pytest.raises(profiles.ParameterError, match=no_book):
+        runner.build_book("smoke")
+    (tmp_path / "notebooks").mkdir()
+    assert profiles.notebook_dir() == tmp_path / "notebooks" and profiles.notebook_names() == []
+
+
+def test_the_cli_runs_outside_the_source_tree(tmp_path):
+    listed = cli("list", cwd=tmp_path, env={"RNNNOTES_NOTEBOOKS": str(ROOT / "notebooks")})
+    assert listed.returncode == 0 and "01_neurons" in listed.stdout, listed.stderr

@@ -1,11 +1,13 @@
 """Tasks against their definitions: decoded from the input they produce, not from their internals."""
+import dataclasses
 import math
 
 import pytest
 import torch
 
+from rnnnotes import seeding
 from rnnnotes.tasks import (SMNIST, TASKS, Batch, TaskStream, delayed_xor, get_task, smnist_batch, smnist_batches,
-                            smnist_encode, step_seed, store_recall, store_recall_trials, threshold_crossing)
+                            smnist_encode, store_recall, store_recall_trials, threshold_crossing, XORCues)
 
 
 def gen(seed=0):
@@ -13,7 +15,8 @@ def gen(seed=0):
 
 
 def equal_batches(a, b):
-    return torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and a.window == b.window
+    return (torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and torch.equal(a.mask, b.mask)
+            and (a.window, a.loss) == (b.window, b.loss))
 
 
 # ------------------------------------------------------------------------------------------------ threshold crossing
@@ -163,6 +166,7 @@ def test_delayed_xor_layout_and_balance():
     batch = delayed_xor(4000, generator=gen())
     assert batch.x.shape == (900, 4000, 2) and batch.y.shape == (900, 4000) and batch.window == 1
     assert (batch.y[:-1] == -1).all() and (batch.y[-1] >= 0).all()
+    assert batch.mask[-1].all() and not batch.mask[:-1].any() and batch.loss == "cross_entropy"
     ones = int(batch.y[-1].sum())
     assert abs(ones - 2000) < 3 * math.sqrt(4000 * 0.25), "labels balanced within 3 sigma"
     bits = torch.stack([batch.x[:100, :, 0].mean(0), batch.x[800:, :, 1].mean(0)]) > 0.5
@@ -174,7 +178,7 @@ def test_delayed_xor_layout_and_balance():
 
 
 def test_delayed_xor_bump_shape_without_noise():
-    batch = delayed_xor(64, generator=gen(5), delay_ms=30, cue_ms=20, width_ms=5.0, noise_std=0.0)
+    batch = delayed_xor(64, generator=gen(5), delay_ms=30, cue_ms=20, cues=XORCues(width_ms=5.0, noise_std=0.0))
     x, T = batch.x, 70
     assert x.shape == (T, 64, 2)
     bump = [0.02 + 2.0 * math.exp(-(-10 + 20 * k / 19) ** 2 / (2 * 5.0 ** 2)) for k in range(20)]
@@ -199,16 +203,30 @@ def test_task_stream_is_a_pure_function_of_seed_and_step():
     assert equal_batches(sr(2), sr(2)) and not equal_batches(sr(2), sr(3))
 
 
-def test_step_seeds_are_distinct_and_range_checked():
-    seeds = {step_seed(seed, step) for seed in range(16) for step in range(1000)}
-    assert len(seeds) == 16_000
-    assert step_seed(4095, 2 ** 20 - 1) < 2 ** 32
-    last = TaskStream(delayed_xor, seed=4095, batch_size=2, delay_ms=1, cue_ms=1)
-    assert equal_batches(last(2 ** 20 - 1), last(2 ** 20 - 1))
-    with pytest.raises(ValueError, match="seed"):
-        step_seed(4096, 0)
-    with pytest.raises(ValueError, match="step"):
-        TaskStream(delayed_xor, seed=0, batch_size=2)(-1)
+def test_named_streams_come_from_the_data_stream_of_the_seed():
+    kwargs = dict(batch_size=4, delay_ms=10, cue_ms=5)
+    train = TaskStream(delayed_xor, seed=7, **kwargs)
+    test = TaskStream(delayed_xor, seed=7, stream="test", **kwargs)
+    assert train.stream == "train" and test.stream == "test"
+    assert equal_batches(test(3), delayed_xor(generator=seeding.generator(7, "data", "test", 3), **kwargs))
+    assert equal_batches(train(3), delayed_xor(generator=seeding.generator(7, "data", "train", 3), **kwargs))
+    assert not equal_batches(train(3), test(3))
+    assert not equal_batches(TaskStream(delayed_xor, seed=1007, **kwargs)(0), test(0))
+    big = TaskStream(delayed_xor, seed=2 ** 31 + 1, stream="validation", **kwargs)  # no limit below 2**31
+    assert equal_batches(big(2 ** 40), big(2 ** 40)) and not equal_batches(big(0), big(1))
+    assert repr(train) == ("TaskStream('delayed_xor', seed=7, stream='train', batch_size=4, delay_ms=10, "
+                           "cue_ms=5)")
+    drawn = TaskStream(delayed_xor, seed=None, **kwargs)
+    assert 0 <= drawn.seed < 2 ** 31 and f"seed={drawn.seed}," in repr(drawn)
+
+
+@pytest.mark.parametrize("seed, stream, step, name", [
+    (-1, "train", 0, "seed"), (1.5, "train", 0, "seed"), (True, "train", 0, "seed"),
+    (0, "", 0, "stream"), (0, 3, 0, "stream"), (0, "train", -1, "step"), (0, "train", 1.0, "step"),
+])
+def test_bad_stream_arguments_name_the_argument(seed, stream, step, name):
+    with pytest.raises(ValueError, match=f"^{name} must"):
+        TaskStream(delayed_xor, seed=seed, stream=stream, batch_size=2)(step)
 
 
 def test_registry_and_argument_names_fail_fast():
@@ -221,9 +239,48 @@ def test_registry_and_argument_names_fail_fast():
         TaskStream(delayed_xor, seed=0, batchsize=2)
 
 
-def test_batch_mask():
-    batch = Batch(torch.zeros(4, 2, 1), torch.tensor([[-1, 0], [1, -1]]), 2)
-    assert batch.mask.tolist() == [[False, True], [True, False]]
+def test_batch_unpacks_as_x_y_mask_and_moves_as_a_copy():
+    x, y, mask = torch.zeros(4, 2, 1), torch.tensor([[-1, 0], [1, -1]]), torch.tensor([[False, True], [True, False]])
+    batch = Batch(x, y, mask, window=2)
+    first, second, third = batch
+    assert first is x and second is y and third is mask and len(list(batch)) == 3
+    assert (batch.window, batch.loss) == (2, "cross_entropy") and Batch(x[:2], y, mask).window == 1
+    moved = batch.to("cpu")
+    assert moved is not batch and equal_batches(moved, batch)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        batch.window = 3
+    regression = Batch(x, torch.zeros(2, 2, 5, dtype=torch.float64), mask, window=2, loss="mse")
+    assert regression.y.shape == (2, 2, 5)
+
+
+def _batch(**fields):
+    """A valid window-2 classification batch with ``fields`` replaced."""
+    valid = dict(x=torch.zeros(4, 2, 1), y=torch.tensor([[-1, 0], [1, -1]]),
+                 mask=torch.tensor([[False, True], [True, False]]), window=2, loss="cross_entropy")
+    return Batch(**{**valid, **fields})
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(x=torch.zeros(4, 2, 1, dtype=torch.int64)), "x must be floating point"),
+    (dict(x=torch.zeros(4, 2)), r"x must have shape \(\*, \*, \*\)"),
+    (dict(x=[[[0.0]]]), "x must be a tensor"),
+    (dict(x=torch.zeros(3, 2, 1)), "x must cover the 2 windows of y.*T=3"),
+    (dict(x=torch.zeros(6, 2, 1)), "x must cover the 2 windows of y.*T=6"),
+    (dict(y=torch.tensor([[0.0, 1.0], [1.0, 0.0]])), "y must hold int64 class labels for loss='cross_entropy'"),
+    (dict(y=torch.tensor([[0, 1], [1, 0]]), loss="mse"), "y must hold floating targets for loss='mse'"),
+    (dict(y=torch.zeros(2, 2, 1, dtype=torch.int64)), r"y must have shape \(\*, 2\)"),
+    (dict(y=torch.zeros(2, 3, dtype=torch.int64)), r"y must have shape \(\*, 2\)"),
+    (dict(y=torch.zeros(2, 2), loss="mse"), r"y must have shape \(\*, 2, \*\)"),
+    (dict(y=torch.tensor([[-1, 0], [-1, -1]])), "y must be a class label >= 0 wherever mask is True"),
+    (dict(mask=torch.tensor([[0, 1], [1, 0]])), "mask must be bool"),
+    (dict(mask=torch.ones(2, 3, dtype=torch.bool)), r"mask must have shape \(2, 2\)"),
+    (dict(window=0), "window must be a positive"),
+    (dict(window=1.5), "window must be an integer"),
+    (dict(loss="xent"), "loss must be one of 'cross_entropy', 'mse', got 'xent'"),
+])
+def test_bad_batch_raises_naming_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        _batch(**fields)
 
 
 @pytest.mark.parametrize("make, kwargs, name", [
@@ -241,9 +298,7 @@ def test_batch_mask():
     (delayed_xor, dict(batch_size=0), "batch_size"),
     (delayed_xor, dict(batch_size=2, cue_ms=0), "cue_ms"),
     (delayed_xor, dict(batch_size=2, delay_ms=-5), "delay_ms"),
-    (delayed_xor, dict(batch_size=2, amplitude=0.0), "amplitude"),
-    (delayed_xor, dict(batch_size=2, width_ms=-1.0), "width_ms"),
-    (delayed_xor, dict(batch_size=2, noise_std=-0.1), "noise_std"),
+    (delayed_xor, dict(batch_size=2, cues=(1.0,)), "cues"),
     (smnist_batch, dict(images=torch.rand(4, 784), labels=torch.zeros(4, dtype=torch.int64), batch_size=0),
      "batch_size"),
 ])
@@ -256,3 +311,10 @@ def test_bad_parameters_raise_with_their_name(make, kwargs, name):
 def test_threshold_crossing_bad_parameters(kwargs, name):
     with pytest.raises(ValueError, match=name):
         threshold_crossing(torch.rand(1, 784), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, name", [(dict(amplitude=0.0), "amplitude"), (dict(width_ms=-1.0), "width_ms"),
+                                          (dict(noise_std=-0.1), "noise_std"), (dict(baseline=-1.0), "baseline")])
+def test_bad_xor_cues_are_named(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        XORCues(**kwargs)

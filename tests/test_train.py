@@ -14,7 +14,7 @@ from rnnnotes.cells import ALIF
 from rnnnotes.losses import Objective
 from rnnnotes.model import Network, Readout
 from rnnnotes.tasks import TaskStream, delayed_xor
-from rnnnotes.train import FitConfig, evaluator, fit
+from rnnnotes.train import FitConfig, Training, evaluator, fit
 
 SCRIPT = textwrap.dedent("""
     import sys, torch
@@ -23,15 +23,15 @@ SCRIPT = textwrap.dedent("""
     from rnnnotes.losses import Objective
     from rnnnotes.model import Network, Readout
     from rnnnotes.tasks import TaskStream, delayed_xor
-    from rnnnotes.train import FitConfig, fit
+    from rnnnotes.train import FitConfig, Training, fit
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = Network(ALIF(2, 6, 6, seed=1), Readout(12, 2, tau_out=20.0, seed=2))
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=40, gamma=0.5)
     task = TaskStream(delayed_xor, seed=3, batch_size=8, delay_ms=60, cue_ms=20)
-    fit(model, task, Objective(rate_weight=0.1), opt, FitConfig(steps=int(sys.argv[2]), checkpoint_every=10,
-        progress=False), run_dir=Path(sys.argv[1]), scheduler=sched)
+    fit(Training(model, task, Objective(rate_weight=0.1), opt, FitConfig(steps=int(sys.argv[2]), checkpoint_every=10,
+        progress=False), scheduler=sched), run_dir=Path(sys.argv[1]))
 """)
 
 
@@ -73,7 +73,7 @@ def _small_problem(lr):
 
 def test_diverging_run_stops_with_message_and_loadable_checkpoint(tmp_path, capsys):
     model, task, opt = _small_problem(lr=1e6)
-    result = fit(model, task, Objective(), opt, FitConfig(steps=50, checkpoint_every=1, progress=False),
+    result = fit(Training(model, task, Objective(), opt, FitConfig(steps=50, checkpoint_every=1, progress=False)),
                  run_dir=tmp_path)
     assert result.status == "diverged"
     assert "not finite or above max_loss" in result.message and result.message in capsys.readouterr().out
@@ -88,12 +88,12 @@ def test_diverging_run_stops_with_message_and_loadable_checkpoint(tmp_path, caps
 
 def test_finished_run_is_reused_not_recomputed(tmp_path):
     model, task, opt = _small_problem(lr=0.01)
-    first = fit(model, task, Objective(), opt, FitConfig(steps=5, progress=False), run_dir=tmp_path)
+    first = fit(Training(model, task, Objective(), opt, FitConfig(steps=5, progress=False)), run_dir=tmp_path)
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     other, _, opt2 = _small_problem(lr=0.01)
     calls = []
-    second = fit(other, lambda step: calls.append(step) or task(step), Objective(), opt2,
-                 FitConfig(steps=5, progress=False), run_dir=tmp_path)
+    second = fit(Training(other, lambda step: calls.append(step) or task(step), Objective(), opt2,
+                          FitConfig(steps=5, progress=False)), run_dir=tmp_path)
     assert calls == [] and second.status == "finished"
     pd.testing.assert_frame_equal(first.history, second.history, check_dtype=False)
     assert all(torch.equal(trained[k], v) for k, v in other.state_dict().items())
@@ -103,7 +103,8 @@ def test_evaluation_columns_and_learning(tmp_path):
     model, task, _ = _small_problem(lr=0.0)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     val = evaluator(Objective(), [task(10_000 + i) for i in range(2)])
-    result = fit(model, task, Objective(), opt, FitConfig(steps=6, eval_every=3, progress=False), evaluate=val)
+    result = fit(Training(model, task, Objective(), opt, FitConfig(steps=6, eval_every=3, progress=False),
+                          evaluate=val))
     assert result.history["eval_accuracy"].notna().tolist() == [False, False, True, False, False, True]
     assert {"loss", "task_loss", "accuracy", "rate_hz", "lr"} <= set(result.history.columns)
 
@@ -119,12 +120,12 @@ def test_early_stop_when_the_target_is_reached():
     model, task, _ = _small_problem(lr=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     config = FitConfig(steps=50, progress=False, stop_metric="accuracy", stop_at=0.0, stop_window=3)
-    result = fit(model, task, Objective(), opt, config)
+    result = fit(Training(model, task, Objective(), opt, config))
     assert len(result.history) == 3 and result.status == "finished" and "reached" in result.message
 
 
 def test_time_budget_ends_the_run():
     model, task, _ = _small_problem(lr=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    result = fit(model, task, Objective(), opt, FitConfig(steps=10_000, progress=False, max_seconds=0.5))
+    result = fit(Training(model, task, Objective(), opt, FitConfig(steps=10_000, progress=False, max_seconds=0.5)))
     assert 0 < len(result.history) < 10_000 and "time budget" in result.message

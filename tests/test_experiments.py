@@ -1,0 +1,88 @@
+"""Experiment builders, train_run's run key, sweeps of configs and the summary tables."""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rnnnotes import experiments, store, summary, sweep
+from rnnnotes.experiments import DelayedXORCredit, Run, StoreRecall
+
+TINY = dict(n_neurons=8, delay_ms=5, cue_ms=5, n_iterations=2, batch_size=4, eval_every=1)
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNNOTES_RESULTS", str(tmp_path))
+    return tmp_path
+
+
+def test_train_run_reuses_a_finished_run_and_keys_on_the_source(results, monkeypatch):
+    config = DelayedXORCredit(rule="eprop", **TINY)
+    first = experiments.train_run(config, progress=False)
+    assert first.status == "finished" and len(first.history) == 2
+    again = experiments.train_run(config, progress=False)
+    assert again.run_dir == first.run_dir
+    for a, b in zip(first.model.parameters(), again.model.parameters()):
+        assert torch.equal(a, b)
+    assert store.read_json(first.run_dir / "params.json")["source"] == store.source_hash()
+    monkeypatch.setattr(store, "source_hash", lambda: "changed")
+    changed = experiments.train_run(config, progress=False)
+    assert changed.run_dir != first.run_dir, "a changed package must not reuse an old run"
+
+
+def test_source_hash_changes_with_any_module(tmp_path, monkeypatch):
+    for name in ("store.py", "cells.py"):
+        (tmp_path / name).write_text(f"# {name}\n")
+    monkeypatch.setattr(store, "__file__", str(tmp_path / "store.py"))
+    before = store.source_hash()
+    assert len(before) == 12 and before == store.source_hash()
+    (tmp_path / "cells.py").write_text("# cells.py, with a fix\n")
+    assert store.source_hash() != before
+
+
+def test_builders_assemble_their_pieces():
+    setup = DelayedXORCredit(rule="modprop", mu=0.5, **TINY).build("cpu")
+    assert setup.rule.name == "modprop" and setup.rewiring is not None and setup.config.steps == 2
+    signs = setup.rewiring.state_dict()["signs"]["w_rec"]
+    w = setup.model.cell.w_rec.detach()
+    assert torch.all(w * signs >= 0), "DEEP R's init keeps Dale's signs"
+    assert torch.all(w.diagonal() == 0)
+    recall = StoreRecall(n_symbols=4, symbol_ms=10)
+    validation, test = recall.trials("validation")(0).batch, recall.trials("test")(0).batch
+    assert not torch.equal(validation.x, test.x), "validation and test come from different streams"
+    with pytest.raises(ValueError, match="variant"):
+        experiments.SequentialMNIST(variant="lstm")
+
+
+@dataclass(frozen=True)
+class Broken:
+    notebook = "broken"
+
+    def build(self, device):
+        raise RuntimeError("no network")
+
+
+def test_train_all_reports_a_failure_and_runs_the_rest(results):
+    runs = sweep.train_all({"bad": Broken(), "good": DelayedXORCredit(**TINY)})
+    assert runs["bad"].status == "failed" and "no network" in runs["bad"].message
+    assert runs["good"].status == "finished"
+
+
+def _run(values, metric="m"):
+    history = pd.DataFrame({"step": range(1, len(values) + 1), metric: values})
+    return Run(None, None, history, "finished", "", None)
+
+
+def test_tail_mean_and_final_table_by_hand():
+    assert summary.tail_mean(_run([1.0, np.nan, 3.0, 5.0, 7.0]).history, "m", fraction=0.5) == 6.0
+    assert summary.tail_mean(_run([1.0, 2.0]).history, "m", fraction=0) == 2.0
+    assert math.isnan(summary.tail_mean(_run([1.0]).history, "other"))
+    runs = {("a", 0): _run([0.0, 2.0]), ("a", 1): _run([0.0, 4.0]), ("b", 0): _run([1.0, 1.0])}
+    table = summary.final_table(runs, ["m"], fraction=0.5)
+    assert table.loc["a", "m"] == 3.0 and table.loc["a", "m sem"] == pytest.approx(1.0 / math.sqrt(2))
+    assert table.loc["b", "m"] == 1.0 and table.loc["b", "runs"] == 1
+    frames = summary.curves(runs, "m")
+    assert list(frames["a"].columns) == [0, 1] and frames["a"].loc[2].tolist() == [2.0, 4.0]
