@@ -41,7 +41,10 @@ def build(n_in, n, device, seed=0):
                        v_th=t(0.01), v_reset=t(0.0), beta=t(1.6 * (1 - math.exp(-1 / 200))), method="triangle",
                        alpha=0.3)
     theirs = LSNNRecurrent(n_in, n, p=p, dt=1e-3)
+    g = torch.Generator().manual_seed(seed)  # the benchmark's own weights, whatever either library draws
     with torch.no_grad():  # norse computes x @ W.T
+        ours.w_in.copy_(torch.randn(n_in, n, generator=g) / math.sqrt(n_in))
+        ours.w_rec.copy_(torch.randn(n, n, generator=g) / math.sqrt(n))
         theirs.input_weights.copy_(ours.w_in.T)
         theirs.recurrent_weights.copy_(ours.recurrent_weights().T)
     return ours.to(device), theirs.to(device)
@@ -108,6 +111,7 @@ def main():
     parser.add_argument("--top", type=int, default=15, help="rows of each profile table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as rnnnotes' fit does; norse gets the same setting
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     package = pathlib.Path(cells.__file__).parent
     source_sha = hashlib.sha1(b"".join(p.read_bytes() for p in sorted(package.glob("*.py")))).hexdigest()[:8]

@@ -83,8 +83,8 @@ class _Recurrent(nn.Module):
         F.check_state(state, self.state_type, input_current.shape[0], self.n)
         return self._step(input_current, state, self.step_weights() if w_rec is None else w_rec, recurrent)
 
-    def _step(self, input_current, state, w_rec, recurrent, params=None):
-        return self.step_function(input_current, state, params or self.step_params(), w_rec,
+    def _step(self, input_current, state, w_rec, recurrent):
+        return self.step_function(input_current, state, self.step_params(), w_rec,
                                   recurrent=recurrent or F.recurrent_input)
 
     def step_params(self):
@@ -96,9 +96,10 @@ class _Recurrent(nn.Module):
         require_shape("x", x, (None, None, self.n_in))
         state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype) if state is None else state
         current, w_rec, params = self.input_current(x), self.step_weights(), self.step_params()
+        step, recurrent = self.step_function, recurrent or F.recurrent_input
         outputs = []
         for i_t in current:
-            out, state = self._step(i_t, state, w_rec, recurrent, params)
+            out, state = step(i_t, state, params, w_rec, recurrent=recurrent)
             outputs.append(out)
         return type(outputs[0])(*(torch.stack(o) for o in zip(*outputs)))
 

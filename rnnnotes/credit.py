@@ -31,6 +31,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
+from .functional import apply
 from .seeding import generator
 
 RULES = ("bptt", "eprop", "mdgl", "modprop")
@@ -228,7 +229,7 @@ def _random_feedback(cell, n_out, seed):
     matrix = torch.randn(cell.n, n_out, generator=generator(seed, "feedback")) / cell.n ** 0.5
 
     def readout(psp, w_out):
-        return FeedbackMatmul.apply(psp, w_out, matrix.to(psp.device, psp.dtype))
+        return apply(FeedbackMatmul, psp, w_out, matrix.to(psp.device, psp.dtype))
     return matrix, readout
 
 

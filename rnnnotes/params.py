@@ -6,6 +6,7 @@ so a negative time constant fails where it is written, with the field named. ``r
 """
 import math
 from dataclasses import dataclass, fields, replace
+from functools import cached_property
 
 import torch
 
@@ -59,7 +60,7 @@ class RateParams:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
-    @property
+    @cached_property
     def alpha(self):
         """Leak per step, :math:`e^{-dt/\\tau}`."""
         return math.exp(-self.dt / self.tau)
@@ -92,12 +93,12 @@ class ALIFParams:
         require_positive(tau_a=self.tau_a)
         _require_beta(self.beta)
 
-    @property
+    @cached_property
     def alpha(self):
         """Membrane leak per step, :math:`e^{-dt/\\tau_m}`."""
         return math.exp(-self.dt / self.tau_m)
 
-    @property
+    @cached_property
     def rho(self):
         """Adaptation decay per step, :math:`e^{-dt/\\tau_a}`."""
         return math.exp(-self.dt / self.tau_a)
@@ -128,7 +129,7 @@ class LIFParams:
     def __post_init__(self):
         _require_spiking(self)
 
-    @property
+    @cached_property
     def alpha(self):
         """Membrane leak per step, :math:`e^{-dt/\\tau_m}`."""
         return math.exp(-self.dt / self.tau_m)
