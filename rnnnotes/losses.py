@@ -4,6 +4,7 @@ A batch names its loss (``batch.loss``, a key of :data:`LOSSES`): windowed cross
 MSE for real-valued targets. Both see the readout averaged over each window, and only the windows in ``batch.mask``.
 """
 from dataclasses import dataclass
+from functools import reduce
 
 import torch
 from torch.nn import functional as F
@@ -73,17 +74,26 @@ class Objective:
     target_hz: float = 10.0
     l2_weight: float = 0.0
 
+    decayed = ("cell.w_in", "cell.w_rec", "readout.w_out")  # the weights under the L2 penalty
+
+    def loss(self, result, batch, weights):
+        """``(loss, task loss)`` of a network's output ``result`` on ``batch``; ``weights`` maps the names in
+        ``decayed`` to the tensors to penalise (a model's own, or substitutes for a Hessian)."""
+        task = task_loss(result.out, batch)
+        loss = task
+        if self.rate_weight:
+            loss = loss + self.rate_weight * rate_regularizer(result.hidden.z, target_hz=self.target_hz)
+        if self.l2_weight:
+            loss = loss + self.l2_weight * l2_penalty([weights[name] for name in self.decayed])
+        return loss, task
+
     def __call__(self, model, batch, rule=None):
         """Returns ``(loss, metrics)``; metrics are floats for the log: loss, task_loss, accuracy (class labels
         only), rate_hz (spiking cells only)."""
         result = model(batch.x, rule=rule)
-        task = task_loss(result.out, batch)
-        loss = task
+        weights = {name: reduce(getattr, name.split("."), model) for name in self.decayed} if self.l2_weight else {}
+        loss, task = self.loss(result, batch, weights)
         z = result.hidden.z
-        if self.rate_weight:
-            loss = loss + self.rate_weight * rate_regularizer(z, target_hz=self.target_hz)
-        if self.l2_weight:
-            loss = loss + self.l2_weight * l2_penalty([model.cell.w_in, model.cell.w_rec, model.readout.w_out])
         metrics = {"loss": loss.item(), "task_loss": task.item()}
         if batch.loss == "cross_entropy":
             metrics["accuracy"] = accuracy(result.out, batch).item()

@@ -66,6 +66,12 @@ class RateParams:
         return math.exp(-self.dt / self.tau)
 
     @classmethod
+    def biolhess(cls):
+        """BiolHessRNN's memoryless ReLU network (Liu et al. 2022): tau = 0.01 ms, so alpha = e^-100 and
+        ``z_t = relu(x_t W_in + z_{t-1} W_rec)``."""
+        return cls(tau=0.01, dt=1.0, activation="relu")
+
+    @classmethod
     def modprop(cls):
         """ModProp's delayed-XOR network (Liu et al. 2022): ReLU units, tau = 100 ms, dt = 1 ms."""
         return cls(tau=100.0, dt=1.0, activation="relu")

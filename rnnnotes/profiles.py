@@ -41,6 +41,15 @@ PROFILES = {
                   "batch_size": 32, "lr": 5e-4, "eval_every": 20, "mus": [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0],
                   "n_mu_seeds": 8, "n_val_batches": 4},
     },
+    "05_curvature": {  # book: 5 rules x 5 seeds within 10 CPU minutes; paper: BiolHessRNN's network and schedule
+        "smoke": {},
+        "book": {"n_seeds": 5, "n_hidden": 128, "n_iterations": 200, "batch_size": 128, "eval_every": 50,
+                 "n_hessian": 256, "sample_sizes": [32, 128, 512], "n_draws": 2, "lsnn_iterations": 20,
+                 "lsnn_batch_size": 32},
+        "paper": {"n_seeds": 5, "n_hidden": 128, "n_iterations": 16000, "batch_size": 256, "eval_every": 400,
+                  "n_hessian": 256, "sample_sizes": [32, 128, 256, 1000], "n_draws": 5, "lsnn_iterations": 200,
+                  "lsnn_batch_size": 128},
+    },
 }
 
 

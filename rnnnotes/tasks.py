@@ -1,4 +1,4 @@
-"""Tasks as seeded batch generators: LSNN store-recall, ModProp's delayed XOR and LSNN sequential MNIST.
+"""Tasks as seeded batch generators: LSNN store-recall, ModProp's delayed XOR, sequential and row-wise MNIST.
 
 Every task returns a :class:`Batch` ``(x, y, mask)``: time-first input ``x (T, B, n_in)`` with dt = 1 ms, targets
 ``y`` for consecutive windows of ``window`` steps and ``mask`` marking the windows that carry one. The batch names
@@ -303,39 +303,47 @@ def threshold_crossing(images, *, n_thresholds=40, cue_ms=56):
     return x
 
 
-def smnist_encode(images, labels, *, n_thresholds=40, cue_ms=56):
-    """:class:`Batch` of images ``(B, L)`` and labels ``(B,)``: threshold-crossing input, ``window = 28``
-    (one image row), label in the last window (the mean readout over the cue period), -1 elsewhere."""
-    window = 28
+def _check_labels(images, labels):
     require_shape("labels", labels, (images.shape[0],))
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    x = threshold_crossing(images, n_thresholds=n_thresholds, cue_ms=cue_ms)
-    if x.shape[0] % window:
-        raise ValueError(f"cue_ms must make L + cue_ms a multiple of {window} steps, got L={images.shape[1]}, "
-                         f"cue_ms={cue_ms}")
-    y = torch.full((x.shape[0] // window, images.shape[0]), -1, dtype=torch.int64, device=x.device)
+
+
+def _label_last(x, labels, window):
+    """:class:`Batch` of input ``x`` with the label in its last window of ``window`` steps, -1 elsewhere."""
+    y = torch.full((x.shape[0] // window, labels.shape[0]), -1, dtype=torch.int64, device=x.device)
     y[-1] = labels.long()
     mask = torch.zeros_like(y, dtype=torch.bool)
     mask[-1] = True
     return Batch(x, y, mask, window)
 
 
+def smnist_encode(images, labels, *, n_thresholds=40, cue_ms=56):
+    """:class:`Batch` of images ``(B, L)`` and labels ``(B,)``: threshold-crossing input, ``window = 28``
+    (one image row), label in the last window (the mean readout over the cue period), -1 elsewhere."""
+    _check_labels(images, labels)
+    x = threshold_crossing(images, n_thresholds=n_thresholds, cue_ms=cue_ms)
+    if x.shape[0] % 28:
+        raise ValueError(f"cue_ms must make L + cue_ms a multiple of 28, got L={images.shape[1]}, cue_ms={cue_ms}")
+    return _label_last(x, labels, 28)
+
+
+def row_mnist_encode(images, labels):
+    """:class:`Batch` of row-wise MNIST (BiolHessRNN): images ``(B, 784)`` in [0, 1] shown as 28 steps of one
+    28-pixel row each, ``x (28, B, 28)``, the label at the last step (``window = 1``)."""
+    require_shape("images", images, (None, 784))
+    _check_labels(images, labels)
+    return _label_last(images.reshape(-1, 28, 28).transpose(0, 1).float(), labels, 1)
+
+
 def smnist_batch(images, labels, batch_size, *, generator, n_thresholds=40, cue_ms=56):
     """A random batch of ``batch_size`` distinct images of the split (a fresh draw per call, not epochs)."""
-    _require_int(batch_size=batch_size)
-    if batch_size > images.shape[0]:
-        raise ValueError(f"batch_size must be at most the {images.shape[0]} images of the split, got {batch_size}")
-    index = torch.randperm(images.shape[0], generator=generator)[:batch_size].to(images.device)
-    return smnist_encode(images[index], labels[index], n_thresholds=n_thresholds, cue_ms=cue_ms)
+    return SMNIST(images, labels, batch_size=batch_size, n_thresholds=n_thresholds, cue_ms=cue_ms)(generator=generator)
 
 
 def smnist_batches(images, labels, batch_size, *, n_thresholds=40, cue_ms=56):
     """The whole split in order, ``batch_size`` images per :class:`Batch` (the last one may be smaller)."""
-    _require_int(batch_size=batch_size)
-    for start in range(0, images.shape[0], batch_size):
-        yield smnist_encode(images[start:start + batch_size], labels[start:start + batch_size],
-                            n_thresholds=n_thresholds, cue_ms=cue_ms)
+    return SMNIST(images, labels, batch_size=batch_size, n_thresholds=n_thresholds, cue_ms=cue_ms).batches()
 
 
 class SMNIST:
@@ -348,21 +356,36 @@ class SMNIST:
     def __init__(self, images, labels, *, batch_size, n_thresholds=40, cue_ms=56):
         _require_int(batch_size=batch_size)
         require_shape("images", images, (None, None))
-        smnist_encode(images[:1], labels[:1], n_thresholds=n_thresholds, cue_ms=cue_ms)  # checks the settings
         if batch_size > images.shape[0]:
             raise ValueError(f"batch_size must be at most the {images.shape[0]} images, got {batch_size}")
         self.images, self.labels, self.batch_size = images, labels, int(batch_size)
         self.options = dict(n_thresholds=n_thresholds, cue_ms=cue_ms)
+        self.encode(images[:1], labels[:1])  # checks the settings
+
+    def encode(self, images, labels):
+        return smnist_encode(images, labels, **self.options)
 
     def __len__(self):
         return self.images.shape[0]
 
     def __call__(self, *, generator):
-        return smnist_batch(self.images, self.labels, self.batch_size, generator=generator, **self.options)
+        index = torch.randperm(len(self), generator=generator)[:self.batch_size].to(self.images.device)
+        return self.encode(self.images[index], self.labels[index])
 
     def batches(self):
-        """The whole split in order (see :func:`smnist_batches`)."""
-        return smnist_batches(self.images, self.labels, self.batch_size, **self.options)
+        """The whole split in order, ``batch_size`` images per batch (the last one may be smaller)."""
+        for start in range(0, len(self), self.batch_size):
+            yield self.encode(self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size])
+
+
+class RowMNIST(SMNIST):
+    """Row-wise MNIST of one split as a task (:func:`row_mnist_encode`), used like :class:`SMNIST`."""
+
+    def __init__(self, images, labels, *, batch_size):
+        super().__init__(images, labels, batch_size=batch_size)
+
+    def encode(self, images, labels):
+        return row_mnist_encode(images, labels)
 
 
 # ------------------------------------------------------------------------------------------------------- registry

@@ -86,3 +86,27 @@ def test_tail_mean_and_final_table_by_hand():
     assert table.loc["b", "m"] == 1.0 and table.loc["b", "runs"] == 1
     frames = summary.curves(runs, "m")
     assert list(frames["a"].columns) == [0, 1] and frames["a"].loc[2].tolist() == [2.0, 4.0]
+
+
+def test_curvature_run_stores_the_dense_hessians_top_eigenvalue(results):
+    from dataclasses import replace
+
+    from rnnnotes import hessian
+    from rnnnotes.curvature import hessian_loss
+    from rnnnotes.experiments import RowMNISTCurvature
+    config = RowMNISTCurvature(rule="eprop", n_hidden=5, n_iterations=2, batch_size=8, eval_every=2, n_hessian=16)
+    run = experiments.train_run(config, progress=False)
+    stored = run.history["eval_lambda_max"].dropna()
+    assert len(stored) == 1 and run.history["eval_hvp_calls"].dropna().iloc[-1] > 0
+    model = run.model.double()
+    batch = config.held_out()
+    loss_fn, params = hessian_loss(model, run.objective, replace(batch, x=batch.x.double()))
+    exact = torch.linalg.eigvalsh(hessian.dense_hessian(loss_fn, params))
+    assert stored.iloc[-1] == pytest.approx(exact.max().item(), rel=1e-3)  # float32 run vs float64 dense
+    assert run.history["eval_lambda_abs_max"].dropna().iloc[-1] == pytest.approx(exact.abs().max().item(), rel=1e-3)
+    double = replace(batch, x=batch.x.double())
+    task_only, _ = hessian.model_loss(
+        model, lambda run_, w: torch.nn.functional.cross_entropy(run_(double.x).out[-1], double.y[-1]),
+        names=["cell.w_rec"])
+    with_l2 = hessian.dense_hessian(loss_fn, params)
+    torch.testing.assert_close(with_l2, hessian.dense_hessian(task_only, params) + 0.01 * torch.eye(25).double())

@@ -7,7 +7,7 @@ import torch
 
 from rnnnotes import seeding
 from rnnnotes.tasks import (SMNIST, TASKS, Batch, TaskStream, delayed_xor, get_task, smnist_batch, smnist_batches,
-                            smnist_encode, store_recall, store_recall_trials, threshold_crossing, XORCues)
+                            smnist_encode, store_recall, store_recall_trials, threshold_crossing, XORCues, RowMNIST, row_mnist_encode)
 
 
 def gen(seed=0):
@@ -318,3 +318,17 @@ def test_threshold_crossing_bad_parameters(kwargs, name):
 def test_bad_xor_cues_are_named(kwargs, name):
     with pytest.raises(ValueError, match=name):
         XORCues(**kwargs)
+
+
+def test_row_mnist_shows_one_row_per_step_and_labels_the_last():
+    images = torch.rand(3, 784)
+    labels = torch.tensor([4, 0, 9])
+    x, y, mask = row_mnist_encode(images, labels)
+    assert x.shape == (28, 3, 28) and y.shape == (28, 3)
+    assert torch.equal(x[5, 1], images[1, 5 * 28:6 * 28])
+    assert y[-1].tolist() == [4, 0, 9] and mask[-1].all() and not mask[:-1].any()
+    task = RowMNIST(images, labels, batch_size=2)
+    assert [b.x.shape[1] for b in task.batches()] == [2, 1]
+    assert task(generator=gen(0)).x.shape == (28, 2, 28)
+    with pytest.raises(ValueError, match="images"):
+        row_mnist_encode(torch.rand(3, 100), labels)

@@ -1,0 +1,130 @@
+"""Leading Hessian eigenvalue: rnnnotes' Lanczos against PyHessian's power iteration, side by side in one run.
+
+The BiolHessRNN network (128 ReLU units, row-wise MNIST, Hessian w.r.t. W_rec of the cross-entropy on 256
+held-out digits), after a few SGD steps. Prints the number of Hessian-vector products (HVPs) and the wall time each
+method needs to get the top eigenvalue within 1e-3 of a tight reference, and the cost of one HVP (forward-over-
+reverse and double backward) relative to one gradient:
+    python benchmarks/bench_hessian.py
+Needs `pyhessian` (in requirements.txt). PyHessian's loss has no access to the weights, so both sides use the
+cross-entropy alone (no L2 term), and its power iteration finds the largest |eigenvalue|, so rnnnotes is asked for
+the largest magnitude too.
+"""
+import argparse
+import statistics
+import sys
+import time
+
+import pyhessian
+import torch
+
+from rnnnotes import hessian, numerics
+from rnnnotes.experiments import RowMNISTCurvature
+from rnnnotes.train import fit
+
+
+def network(args):
+    config = RowMNISTCurvature(n_hidden=args.hidden, n_iterations=args.train_steps, batch_size=256,
+                               eval_every=0, n_hessian=args.samples)
+    training = config.build("cpu")
+    fit(training._replace(evaluate=None))
+    return training.model, config.held_out()
+
+
+def median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def lanczos_to_accuracy(loss_fn, params, reference, accuracy, method):
+    """The smallest Lanczos iteration count whose estimate is within ``accuracy`` (relative), and its time."""
+    for m in range(1, 200):
+        start = time.perf_counter()
+        result = hessian.top_eigenvalues(loss_fn, params, 1, largest_magnitude=True, tol=0.0, max_iter=m,
+                                         eigenvectors=True, hvp=method)
+        elapsed = time.perf_counter() - start
+        if abs(result.values.item() - reference) <= accuracy * abs(reference):
+            return result.calls, elapsed
+    raise RuntimeError("Lanczos did not reach the accuracy in 200 iterations")
+
+
+def pyhessian_to_accuracy(model, batch, reference, accuracy, max_iter):
+    """PyHessian's own power iteration (tol 0, so it runs ``max_iter`` steps), with every HVP's estimate
+    ``<v, Hv>`` recorded; returns the HVPs and the time until the estimate first comes within ``accuracy``."""
+    class LastStep(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return self.net(x).out[-1]
+
+    pyhessian_module = sys.modules["pyhessian.hessian"]  # the module; ``pyhessian.hessian`` is its class
+    estimates, stamps = [], []
+    original = pyhessian_module.hessian_vector_product
+
+    def counted(gradsH, params, v):
+        product = original(gradsH, params, v)
+        estimates.append(sum((a * b).sum() for a, b in zip(product, v)).item())
+        stamps.append(time.perf_counter())
+        return product
+
+    for name, p in model.named_parameters():
+        p.requires_grad_(name == "cell.w_rec")
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    pyhessian_module.hessian_vector_product = counted
+    try:
+        engine = pyhessian.hessian(LastStep(), torch.nn.functional.cross_entropy,
+                                   data=(batch.x, batch.y[-1]), cuda=False)
+        engine.eigenvalues(maxIter=max_iter, tol=0.0, top_n=1)
+    finally:
+        pyhessian_module.hessian_vector_product = original
+        for p in model.parameters():
+            p.requires_grad_(True)
+            p.grad = None
+    for i, value in enumerate(estimates):
+        if abs(abs(value) - reference) <= accuracy * abs(reference):
+            return i + 1, stamps[i] - start
+    return None, stamps[-1] - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--samples", type=int, default=256, help="held-out digits of the evaluation set")
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--accuracy", type=float, default=1e-3)
+    parser.add_argument("--power-iterations", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    with numerics.flush_denormal():
+        model, batch = network(args)
+
+        def loss(run, weights):
+            return torch.nn.functional.cross_entropy(run(batch.x).out[-1], batch.y[-1])
+        loss_fn, params = hessian.model_loss(model, loss, names=["cell.w_rec"])
+        reference = hessian.top_eigenvalues(loss_fn, params, 1, largest_magnitude=True, tol=1e-10,
+                                            max_iter=300).item()
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.hidden} units, {args.samples} "
+              f"digits, Hessian w.r.t. W_rec ({args.hidden ** 2} weights); reference |lambda|max {reference:.6g}")
+        theirs_calls, theirs_time = pyhessian_to_accuracy(model, batch, reference, args.accuracy,
+                                                          args.power_iterations)
+        print(f"to {args.accuracy:g} relative: PyHessian power iteration {theirs_calls} HVPs in {theirs_time:.2f} s")
+        for method in hessian.METHODS:
+            calls, seconds = lanczos_to_accuracy(loss_fn, params, reference, args.accuracy, method)
+            print(f"  rnnnotes Lanczos, {method} HVPs: {calls} HVPs in {seconds:.2f} s; ratio to PyHessian: HVPs "
+                  f"{calls / theirs_calls if theirs_calls else float('nan'):.2f}, time {seconds / theirs_time:.2f}")
+        v = {k: torch.randn_like(p) for k, p in params.items()}
+        gradient = median_time(lambda: torch.func.grad(loss_fn)(params), args.repeats)
+        forward = median_time(lambda: hessian.hvp(loss_fn, params, v), args.repeats)
+        backward = median_time(lambda: hessian.hvp(loss_fn, params, v, method="double_backward"), args.repeats)
+        print(f"one gradient {gradient * 1e3:.1f} ms; one HVP forward-over-reverse {forward * 1e3:.1f} ms "
+              f"({forward / gradient:.2f}x), double backward {backward * 1e3:.1f} ms ({backward / gradient:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Hessian-vector products and eigenvalues against dense Hessians, finite differences and PyHessian."""
+import pyhessian
+import pytest
+import torch
+
+from rnnnotes import credit, hessian
+from rnnnotes.cells import ALIF, RateRNN
+from rnnnotes.model import Network, Readout
+
+
+def _network_loss(kind="rate", seed=0):
+    """A float64 network (<= 300 parameters), its loss over a fixed batch, and its parameters."""
+    if kind == "rate":
+        net = Network(RateRNN(3, 8, tau=4.0, seed=seed), Readout(8, 2, seed=seed)).double()
+        x = torch.randn(10, 6, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    else:
+        net = Network(ALIF(2, 3, 3, thr=0.02, n_ref=1, tau_a=50.0, seed=seed), Readout(6, 2, tau_out=5.0, seed=seed))
+        net = net.double()
+        with torch.no_grad():
+            net.cell.w_in.mul_(3.0)
+        x = torch.rand(30, 4, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 0.08
+    labels = torch.tensor([0, 1, 1, 0, 1, 0][:x.shape[1]])
+
+    def loss(run, weights):
+        return torch.nn.functional.cross_entropy(run(x).out[-1], labels)
+    loss_fn, params = hessian.model_loss(net, loss, names=[n for n, _ in net.named_parameters()])
+    return net, loss_fn, params
+
+
+def _random_like(params, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(p.shape, generator=g, dtype=p.dtype) for k, p in params.items()}
+
+
+def _flat(d):
+    return torch.cat([t.reshape(-1) for t in d.values()])
+
+
+@pytest.mark.parametrize("method", ["forward", "double_backward"])
+def test_hvp_equals_dense_hessian_and_finite_differences(method):
+    _, loss_fn, params = _network_loss()
+    assert sum(p.numel() for p in params.values()) <= 300
+    v = _random_like(params, 1)
+    product = _flat(hessian.hvp(loss_fn, params, v, method=method))
+    dense = hessian.dense_hessian(loss_fn, params) @ _flat(v)
+    assert (product - dense).norm() <= 1e-8 * dense.norm()
+    eps = 1e-5
+    grad = torch.func.grad(loss_fn)
+    plus = grad({k: p + eps * v[k] for k, p in params.items()})
+    minus = grad({k: p - eps * v[k] for k, p in params.items()})
+    central = (_flat(plus) - _flat(minus)) / (2 * eps)
+    assert (product - central).norm() <= 1e-6 * dense.norm()
+
+
+def test_hvp_leaves_params_alone():
+    _, loss_fn, params = _network_loss()
+    tracked = {k: p.clone().requires_grad_() for k, p in params.items()}
+    before = {k: p.detach().clone() for k, p in tracked.items()}
+    for method in hessian.METHODS:
+        hessian.hvp(loss_fn, tracked, _random_like(params, 2), method=method)
+    for k, p in tracked.items():
+        assert p.grad is None and torch.equal(p.detach(), before[k])
+
+
+def _quadratic(eigenvalues, seed=0):
+    """``L(x) = 1/2 x^T A x`` with ``A = Q diag(eigenvalues) Q^T``: the Hessian is ``A``."""
+    n = len(eigenvalues)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    A = q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T
+    return (lambda p: 0.5 * p["x"] @ A @ p["x"]), {"x": torch.randn(n, dtype=torch.float64)}
+
+
+def test_lanczos_finds_the_largest_algebraic_eigenvalues_when_the_largest_magnitude_is_negative():
+    spectrum = [-9.0, -3.0, 4.0, 2.5, 1.0, 0.5, 0.1, -0.2] + [0.01 * i for i in range(30)]
+    loss_fn, params = _quadratic(spectrum)
+    top = hessian.top_eigenvalues(loss_fn, params, k=3)
+    torch.testing.assert_close(top, torch.tensor([4.0, 2.5, 1.0], dtype=torch.float64), rtol=1e-6, atol=0)
+    magnitude = hessian.top_eigenvalues(loss_fn, params, k=2, largest_magnitude=True)
+    torch.testing.assert_close(magnitude, torch.tensor([9.0, 4.0], dtype=torch.float64), rtol=1e-6, atol=0)
+    power = hessian.top_eigenvalues(loss_fn, params, k=1, method="power", tol=1e-12, max_iter=2000)
+    assert power.item() == pytest.approx(-9.0, rel=1e-6), "power iteration finds the largest magnitude, signed"
+
+
+@pytest.mark.parametrize("kind", ["rate", "alif"])
+def test_top_eigenvalues_equal_eigvalsh_of_the_dense_hessian(kind):
+    _, loss_fn, params = _network_loss(kind)
+    exact = torch.linalg.eigvalsh(hessian.dense_hessian(loss_fn, params)).flip(0)[:3]
+    result = hessian.top_eigenvalues(loss_fn, params, k=3, eigenvectors=True)
+    torch.testing.assert_close(result.values, exact, rtol=1e-6, atol=1e-12)
+    H = hessian.dense_hessian(loss_fn, params)
+    torch.testing.assert_close(H @ result.vectors, result.vectors * result.values, rtol=0, atol=1e-6)
+    again = hessian.top_eigenvalues(loss_fn, params, k=3)
+    assert torch.equal(again, result.values), "the same call (same seed) gives the same numbers"
+    dense = hessian.top_eigenvalues(loss_fn, params, k=3, method="dense")
+    torch.testing.assert_close(dense, exact, rtol=1e-12, atol=1e-14)
+
+
+def test_spiking_hvp_is_symmetric():
+    _, loss_fn, params = _network_loss("alif")
+    u, v = _random_like(params, 3), _random_like(params, 4)
+    hu, hv = hessian.hvp(loss_fn, params, u), hessian.hvp(loss_fn, params, v)
+    assert abs(float(_flat(u) @ _flat(hv) - _flat(v) @ _flat(hu))) <= 1e-10 * float(_flat(hv).norm() * _flat(u).norm())
+    assert _flat(hv).norm() > 1e-6, "the surrogate Hessian is not trivially zero"
+
+
+def test_parameter_subset_and_the_rule_free_model_after_eprop_training():
+    net, _, _ = _network_loss()
+    x = torch.randn(10, 6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    rule = credit.make_rule("eprop", net.cell)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x, rule=rule).out[-1], labels).backward()
+        opt.step()
+    loss_fn, params = hessian.model_loss(
+        net, lambda run, _: torch.nn.functional.cross_entropy(run(x).out[-1], labels), names=["cell.w_rec"])
+    assert list(params) == ["cell.w_rec"]
+    w = net.cell.w_rec.detach().reshape(-1)
+
+    def plain(flat):  # the rule-free model written with plain autograd: what the Hessian must be
+        return torch.nn.functional.cross_entropy(
+            torch.func.functional_call(net, {"cell.w_rec": flat.view(8, 8)}, (x,)).out[-1], labels)
+    exact = torch.linalg.eigvalsh(torch.autograd.functional.hessian(plain, w)).flip(0)[:2]
+    torch.testing.assert_close(hessian.top_eigenvalues(loss_fn, params, k=2), exact, rtol=1e-6, atol=1e-12)
+
+    def through_rule(flat):  # the e-prop graph differentiated twice: not the Hessian
+        out = torch.func.functional_call(net, {"cell.w_rec": flat.view(8, 8)}, (x,), {"rule": rule}).out[-1]
+        return torch.nn.functional.cross_entropy(out, labels)
+    leaf = w.clone().requires_grad_()
+    (gr,) = torch.autograd.grad(through_rule(leaf), leaf, create_graph=True)
+    rows = torch.stack([torch.autograd.grad(gr[i], leaf, retain_graph=True)[0] for i in range(64)])
+    assert (rows - torch.autograd.functional.hessian(plain, w)).abs().max() > 1e-4, "a leak would go unnoticed"
+
+
+def test_pyhessian_agrees_on_the_top_eigenvalue():
+    net, loss_fn, params = _network_loss()
+    x = torch.randn(10, 6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+
+    class LastStep(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, inputs):
+            return self.net(inputs).out[-1]
+
+    torch.manual_seed(0)  # PyHessian draws its start vector from the global generator
+    theirs = pyhessian.hessian(LastStep(), torch.nn.functional.cross_entropy, data=(x, labels), cuda=False)
+    value, _ = theirs.eigenvalues(maxIter=2000, tol=1e-10, top_n=1)
+    ours = hessian.top_eigenvalues(loss_fn, params, k=1, largest_magnitude=True, tol=1e-10)
+    assert ours.item() == pytest.approx(abs(value[0]), rel=1e-3)
+    net.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda f, p: hessian.top_eigenvalues(f, p, k=10_000), "k must be an integer"),
+    (lambda f, p: hessian.top_eigenvalues(f, p, k=0), "k must be an integer"),
+    (lambda f, p: hessian.top_eigenvalues(f, {}, k=1), "params must be a non-empty dict"),
+    (lambda f, p: hessian.hvp(f, p, {}), "v must be a dict with the keys"),
+    (lambda f, p: hessian.hvp(f, p, {k: torch.zeros(1) for k in p}), r"v\['cell.w_in'\] must be a tensor of shape"),
+    (lambda f, p: hessian.hvp(lambda q: f(q) * float("nan"), p, {k: torch.zeros_like(t) for k, t in p.items()}),
+     "loss_fn must return a finite scalar"),
+    (lambda f, p: hessian.top_eigenvalues(f, p, method="arnoldi"), "method must be"),
+    (lambda f, p: hessian.top_eigenvalues(f, p, tolerance=1.0), "unknown options"),
+    (lambda f, p: hessian.model_loss(torch.nn.Linear(2, 2), lambda run, w: 0, names=["w_rec"]), "unknown"),
+])
+def test_bad_input_is_named(call, message):
+    _, loss_fn, params = _network_loss()
+    with pytest.raises(ValueError, match=message):
+        call(loss_fn, params)
