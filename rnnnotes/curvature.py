@@ -26,7 +26,7 @@ def top_curvature(model, objective, batch, *, names=("cell.w_rec",), tol=1e-4, m
     r"""``{"lambda_max": ..., "lambda_abs_max": ..., "hvp_calls": ...}``: the largest algebraic eigenvalue and the
     largest magnitude :math:`|\lambda|` (what BiolHessRNN's power iteration reports) by Lanczos, and the number of
     Hessian-vector products both took. The products are double-backward ones: through the Python time loop they
-    cost about 2x a gradient, against about 7x forward-over-reverse (``benchmarks/bench_hessian.py``)."""
+    cost about 2.3-2.6x a gradient, against 3.5x forward-over-reverse (``benchmarks/bench_hessian.py``)."""
     loss_fn, params = hessian_loss(model, objective, batch, names=names)
     options = dict(tol=tol, max_iter=max_iter, eigenvectors=True, hvp="double_backward")  # 3x cheaper here
     with torch.enable_grad():

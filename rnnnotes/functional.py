@@ -141,7 +141,7 @@ def rate_step(input_current, state, params, w_rec, *, recurrent=recurrent_input)
 
     .. math:: v_t = \alpha v_{t-1} + (1 - \alpha)(I_t + z_{t-1} W_{rec}), \quad z_t = \phi(v_t)
     """
-    v = params.alpha * state.v + (1.0 - params.alpha) * (input_current + recurrent(state, w_rec))
+    v = torch.lerp(input_current + recurrent(state, w_rec), state.v, params.alpha)  # lerp: cheap under forward AD
     z = ACTIVATION_FUNCTIONS[params.activation][0](v)
     return RateOutput(z=z, v=v), RateState(v=v, z=z)
 
