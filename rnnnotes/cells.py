@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from . import functional as F
-from .checks import require_positive, require_shape
-from .params import ALIFParams, LIFParams, RateParams, with_overrides
+from .checks import require_integer, require_positive, require_shape
+from .params import ALIFParams, LIFParams, RateParams, VanillaInit, with_overrides
 from .functional import RateOutput, RateState, SpikeFunction, SpikingOutput, SpikingState, spike  # noqa: F401
 from .seeding import generator, resolve_seed
 
@@ -30,13 +30,15 @@ class StateMap(NamedTuple):
     refractory counter, a LIF neuron's unused adaptation) are carried without gradient, so their rows and columns
     of the Jacobian :math:`\partial h_t / \partial h_{t-1}` are zero. For spiking cells the Jacobian is the
     *surrogate* Jacobian: :math:`\partial z_t / \partial v_{t-1}` is the pseudo-derivative, not the derivative of
-    the Heaviside step (which is zero almost everywhere).
+    the Heaviside step (which is zero almost everywhere). Rate cells also give ``tangent``, the step and its
+    Jacobian applied to ``k`` directions in closed form (what :mod:`rnnnotes.lyapunov` uses when present).
     """
 
     step: Callable
     pack: Callable
     unpack: Callable
     differentiable: torch.Tensor
+    tangent: Callable = None  # (h, x, Q) -> (step(h, x), D Q) in closed form, Q (B, d, k); None: use autodiff
 
 
 def _no_self_connections(w_rec):
@@ -51,6 +53,7 @@ class _Recurrent(nn.Module):
     """
 
     n_delay = 1
+    readout_variable = "z"  # the output field a readout reads
 
     def __init__(self, n_in, n, params, *, gain=1.0, seed=None):
         super().__init__()
@@ -122,7 +125,7 @@ class _Recurrent(nn.Module):
             return self._from_parts({name: p if grad else p.detach() for (name, _, grad), p in zip(layout, parts)})
 
         def step(h, x):
-            return pack(self._step(x @ self.w_in, unpack(h), self.step_weights(), None)[1])
+            return pack(self._step(self.input_current(x), unpack(h), self.step_weights(), None)[1])
 
         differentiable = torch.cat([torch.full((w,), grad) for _, w, grad in layout])
         return StateMap(step=step, pack=pack, unpack=unpack, differentiable=differentiable)
@@ -157,8 +160,85 @@ class RateRNN(_Recurrent):
     def _layout(self):
         return [("v", self.n, True)]
 
+    def state_map(self):
+        r"""The step on ``h = v`` (:class:`StateMap`) with its closed-form tangent map
+        :math:`D_t Q = \alpha Q + (1 - \alpha) W_{rec}^T (\phi'(v_{t-1}) \odot Q)`."""
+        base = super().state_map()
+        dphi = F.ACTIVATION_FUNCTIONS[self.params.activation][1]
+
+        def tangent(h, x, Q):
+            mixed = self.step_weights().T @ (dphi(h).unsqueeze(-1) * Q)
+            return base.step(h, x), mixed if self.alpha == 0 else torch.lerp(mixed, Q, self.alpha)
+        return base._replace(tangent=tangent)
+
     def _from_parts(self, parts):
         return RateState(v=parts["v"], z=F.ACTIVATION_FUNCTIONS[self.params.activation][0](parts["v"]))
+
+
+class VanillaRNN(RateRNN):
+    r"""Gradient flossing's RNN (Engelken 2023): a leak-free tanh map, read out from the pre-activation,
+
+    .. math:: x_t = \tanh(x_{t-1}) W_{rec} + b + s_t W_{in} / n_{in}, \qquad r_t = x_t W_{out} + c
+
+    (``w_rec`` is the transpose of the paper's :math:`J`; self-connections allowed). Weights, bias ``b`` and the
+    learned initial state ``x0 (n_initial, n)`` follow ``init`` (:class:`~rnnnotes.params.VanillaInit`), drawn from
+    the streams ``(seed, "vanilla-weights")`` and ``(seed, "initial-state")``; trajectory ``i`` of a batch starts
+    at ``x0[i % n_initial]`` (the original learns one start per batch column). The readout reads ``x``
+    (``readout_variable = "v"``), so credit rules, which assign credit through ``z``, do not apply.
+    """
+
+    readout_variable = "v"
+
+    def __init__(self, n_in, n, init=None, *, n_initial=1, seed=None):
+        super().__init__(n_in, n, RateParams.leak_free(), seed=seed)
+        self.init = VanillaInit() if init is None else init
+        require_positive(n_initial=n_initial)
+        require_integer(n_initial=n_initial)
+        g = generator(self.seed, "vanilla-weights")
+        with torch.no_grad():
+            if self.init.orthogonal:
+                self.w_rec.copy_(self.init.g * torch.linalg.qr(torch.randn(n, n, generator=g))[0])
+            else:
+                self.w_rec.copy_(self.init.g * torch.randn(n, n, generator=g) / math.sqrt(n) + self.init.gbar / n)
+            self.w_in.copy_(self.init.input_std * torch.randn(n_in, n, generator=g) + self.init.input_mean)
+        self.b = nn.Parameter(self.init.bias_offset + self.init.bias_scale * torch.rand(n, generator=g))
+        x0 = torch.randn(n_initial, n, generator=generator(self.seed, "initial-state"))
+        with torch.no_grad():
+            for _ in range(self.init.settle_steps):
+                x0 = torch.tanh(x0) @ self.w_rec + self.b
+        self.x0 = nn.Parameter(x0)
+
+    def recurrent_weights(self):
+        return self.w_rec
+
+    def input_current(self, x):
+        """``x @ W_in / n_in + b`` for all steps at once."""
+        return x @ self.w_in / self.n_in + self.b
+
+    def initial_state(self, batch, *, device=None, dtype=None):
+        index = torch.arange(batch, device=self.x0.device) % self.x0.shape[0]
+        v = self.x0[index].to(device=device or self.x0.device, dtype=dtype or self.x0.dtype)
+        return RateState(v=v, z=torch.tanh(v))
+
+    def state_map(self, coordinates="potential"):
+        r"""The step (with its closed-form tangent map) as a map of ``h = x`` (``"potential"``, Jacobian
+        :math:`\mathrm{diag}(\phi'(x_{t-1}))\,W_{rec}` acting on row vectors) or of ``h = tanh(x)`` (``"rate"``,
+        :math:`r_t = \tanh(r_{t-1} W_{rec} + I_t)`, Jacobian :math:`W_{rec}\,\mathrm{diag}(\phi'(x_t))`: what the
+        original code uses for the exponents). The two are conjugate by a diagonal, so their exponents agree up to
+        :math:`O(1/T)` boundary terms."""
+        if coordinates == "potential":
+            return super().state_map()
+        if coordinates != "rate":
+            raise ValueError(f"coordinates must be 'potential' or 'rate', got {coordinates!r}")
+
+        def step(r, s):
+            return torch.tanh(r @ self.w_rec + self.input_current(s))
+
+        def tangent(r, s, Q):
+            nxt = step(r, s)
+            return nxt, (1.0 - nxt ** 2).unsqueeze(-1) * (self.w_rec.T @ Q)
+        return StateMap(step=step, pack=lambda state: state.z, unpack=lambda r: RateState(v=torch.atanh(r), z=r),
+                        differentiable=torch.ones(self.n, dtype=torch.bool), tangent=tangent)
 
 
 class _SpikingLayer(_Recurrent):

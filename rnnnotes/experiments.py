@@ -15,14 +15,16 @@ import torch
 
 from . import credit, resolve_device, store
 from .curvature import curvature_evaluator
-from .cells import ALIF, RateRNN
+from .cells import ALIF, RateRNN, VanillaRNN
 from .data import load_mnist
 from .losses import Objective
 from .model import Network, Readout
-from .params import ALIFParams, RateParams
+from .flossing import Flossing, FlossingSchedule, spectrum_evaluator
+from .params import ALIFParams, RateParams, VanillaInit
 from .rewiring import DeepR, neuron_signs, sign_constrained_init
 from .seeding import generator
-from .tasks import SMNIST, RowMNIST, TaskStream, delayed_xor, store_recall, store_recall_trials
+from .tasks import (SMNIST, RowMNIST, TaskStream, copy_task, delayed_parity, delayed_xor, store_recall,
+                    store_recall_trials)
 from .train import FitConfig, Training, evaluator, fit
 
 
@@ -265,3 +267,90 @@ class RowMNISTCurvature:
         config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=100, progress=False)
         return Training(model, task, objective, optimizer, config, rule=rule,
                         evaluate=curvature_evaluator(objective, self.held_out(mnist)))
+
+
+@dataclass(frozen=True)
+class GradientFlossing:
+    """Gradient flossing (notebook 06; Engelken 2023). ``cell="vanilla"``: the original's
+    :class:`~rnnnotes.cells.VanillaRNN` with ``n_hidden`` units and gain ``g`` (one learned initial state per batch
+    row; readout ``x W_out + c``, ``W_out ~ N(0, 1)``, ``c = 0.001``); ``cell="alif"``: an LSNN of ``n_hidden``
+    neurons, half adaptive, without synaptic delays, read out through a 20 ms filter. Task ``"xor"``
+    (:func:`~rnnnotes.tasks.delayed_parity` of ``order``) or ``"copy"`` (:func:`~rnnnotes.tasks.copy_task`) with
+    ``delay`` over ``n_steps`` steps; BCE; Adam (lr, betas (0.9, 0.999)) after clipping each tensor's gradient norm
+    to ``clip_norm``. Flossing of ``n_exponents`` exponents over ``n_lyapunov`` steps: ``pre_steps`` before
+    training, ``inter_steps`` every ``inter_every`` task steps at most ``inter_max`` times (none when both are 0);
+    the vanilla cell in the original's rate coordinates. Every ``eval_every`` steps (and at the end): accuracy on
+    ``n_validation`` held-out sequences and the first and ``n_exponents``-th exponent on one of them."""
+
+    notebook = "06_gradient_flossing"
+    cell: str = "vanilla"
+    task: str = "xor"
+    order: int = 1
+    delay: int = 5
+    n_steps: int = 60
+    seed: int = 0
+    n_hidden: int = 32
+    batch_size: int = 16
+    n_iterations: int = 3
+    lr: float = 1e-3
+    clip_norm: float = 0.03
+    g: float = 1.0
+    n_exponents: int = 4
+    n_lyapunov: int = 55
+    pre_steps: int = 0
+    inter_steps: int = 0
+    inter_every: int = 0
+    inter_max: int = 0
+    n_validation: int = 256
+    eval_every: int = 0
+
+    def stream(self, stream, batch_size):
+        """The task's batches of the named data stream (``"train"``, ``"validation"``, ``"flossing"``, ...)."""
+        if self.task not in ("xor", "copy"):
+            raise ValueError(f"task must be 'xor' or 'copy', got {self.task!r}")
+        task = dict(batch_size=batch_size, n_steps=self.n_steps, delay=self.delay)
+        if self.task == "xor":
+            return TaskStream(delayed_parity, seed=self.seed, stream=stream, order=self.order, **task)
+        return TaskStream(copy_task, seed=self.seed, stream=stream, **task)
+
+    @property
+    def coordinates(self):
+        return "rate" if self.cell == "vanilla" else None
+
+    def network(self):
+        if self.cell == "alif":
+            n_adaptive = self.n_hidden // 2
+            cell = ALIF(1, self.n_hidden - n_adaptive, n_adaptive, ALIFParams(n_delay=1, thr=0.03), seed=self.seed)
+            return Network(cell, Readout(self.n_hidden, 1, tau_out=20.0, seed=self.seed))
+        if self.cell != "vanilla":
+            raise ValueError(f"cell must be 'vanilla' or 'alif', got {self.cell!r}")
+        cell = VanillaRNN(1, self.n_hidden, VanillaInit(g=self.g), n_initial=self.batch_size, seed=self.seed)
+        readout = Readout(self.n_hidden, 1, seed=self.seed)
+        with torch.no_grad():
+            readout.w_out.copy_(torch.randn(self.n_hidden, 1, generator=generator(self.seed, "vanilla-readout")))
+            readout.b_out.fill_(0.001)
+        return Network(cell, readout)
+
+    def flossing(self, model):
+        """The run's :class:`~rnnnotes.flossing.Flossing` (None without flossing steps)."""
+        if not (self.pre_steps or self.inter_steps):
+            return None
+        names = ("cell.w_in", "cell.w_rec") + (("cell.b",) if self.cell == "vanilla" else ())
+        schedule = FlossingSchedule(n_exponents=self.n_exponents, pre_steps=self.pre_steps,
+                                    inter_steps=self.inter_steps, inter_every=self.inter_every,
+                                    inter_max=self.inter_max, lr=self.lr, n_steps=self.n_lyapunov, names=names)
+        return Flossing(model, schedule, self.stream("flossing", 1), seed=self.seed, coordinates=self.coordinates)
+
+    def build(self, device):
+        model = self.network().to(device)
+        objective = Objective()
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, betas=(0.9, 0.999), eps=1e-8)
+        config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=100,
+                           clip_norm=self.clip_norm, progress=False)
+        validation = self.stream("validation", self.n_validation)(0)
+        metrics = evaluator(objective, [validation])
+        spectrum = spectrum_evaluator(validation.x[:self.n_lyapunov, :1], self.n_exponents,
+                                      warmup=FlossingSchedule(n_steps=self.n_lyapunov).counted_from,
+                                      seed=self.seed, coordinates=self.coordinates)
+        return Training(model, self.stream("train", self.batch_size), objective, optimizer, config,
+                        evaluate=lambda m: {**metrics(m), **spectrum(m)}, flossing=self.flossing(model))

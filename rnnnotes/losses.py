@@ -34,7 +34,19 @@ def masked_mse(out, batch):
     return diff.pow(2).sum() / (batch.mask.sum() * diff.shape[-1])
 
 
-LOSSES = {"cross_entropy": windowed_cross_entropy, "mse": masked_mse}
+def masked_bce(out, batch):
+    r"""Binary cross-entropy with logits, :math:`-[y \log \sigma(ar o) + (1 - y) \log(1 - \sigma(ar o))]`,
+    averaged over the masked windows and the ``n_out`` outputs (the gradient-flossing tasks' loss)."""
+    if out.shape[-1] != batch.y.shape[-1]:
+        raise ValueError(f"out must have the n_out = {batch.y.shape[-1]} outputs of y, got {out.shape[-1]}")
+    logits = window_logits(out, batch.window)
+    target = torch.where(batch.mask[..., None], batch.y, 0.0)
+    each = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return torch.where(batch.mask[..., None], each, 0.0).sum() / (batch.mask.sum() * each.shape[-1])
+
+
+LOSSES = {"cross_entropy": windowed_cross_entropy, "mse": masked_mse, "bce": masked_bce}
+CLASSIFICATION = ("cross_entropy", "bce")  # losses whose batches have an accuracy
 
 
 def task_loss(out, batch):
@@ -43,10 +55,13 @@ def task_loss(out, batch):
 
 
 def accuracy(out, batch):
-    """Fraction of masked windows whose arg-max window-averaged logit is the label (class labels only)."""
-    if batch.loss != "cross_entropy":
-        raise ValueError(f"accuracy needs class labels (loss='cross_entropy'), got loss={batch.loss!r}")
+    """Cross-entropy batches: the fraction of masked windows whose arg-max window-averaged logit is the label.
+    BCE batches: the fraction of masked (window, output) pairs where ``logit >= 0`` matches ``y >= 0.5``."""
+    if batch.loss not in CLASSIFICATION:
+        raise ValueError(f"accuracy needs class labels (loss in {CLASSIFICATION}), got loss={batch.loss!r}")
     logits, mask = window_logits(out, batch.window), batch.mask
+    if batch.loss == "bce":
+        return ((logits >= 0) == (batch.y >= 0.5))[mask].float().mean()
     return (logits.argmax(-1)[mask] == batch.y[mask]).float().mean()
 
 
@@ -95,7 +110,7 @@ class Objective:
         loss, task = self.loss(result, batch, weights)
         z = result.hidden.z
         metrics = {"loss": loss.item(), "task_loss": task.item()}
-        if batch.loss == "cross_entropy":
+        if batch.loss in CLASSIFICATION:
             metrics["accuracy"] = accuracy(result.out, batch).item()
         if hasattr(result.hidden, "threshold"):
             metrics["rate_hz"] = firing_rate_hz(z.detach()).mean().item()

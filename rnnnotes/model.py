@@ -66,7 +66,12 @@ class Network(nn.Module):
         self.cell, self.readout = cell, readout
 
     def forward(self, x, *, rule=None):
-        """Readout of the cell's activity; ``rule`` (training only) may add a zero-valued credit term to it."""
+        """Readout of the cell's activity (its ``readout_variable``, ``z`` unless the cell says otherwise);
+        ``rule`` (training only) may add a zero-valued credit term to ``z`` (refused for cells read from elsewhere)."""
+        read = getattr(self.cell, "readout_variable", "z")
+        if rule and rule.side and read != "z":
+            raise ValueError(f"rule {rule.name} sends credit through z, but {type(self.cell).__name__} is read out "
+                             f"from {read}")
         hidden = self.cell(x, recurrent=rule.recurrent if rule else None)
-        z = hidden.z + rule.side(self.cell, hidden) if rule and rule.side else hidden.z
+        z = hidden.z + rule.side(self.cell, hidden) if rule and rule.side else getattr(hidden, read)
         return NetworkOutput(out=self.readout(z, matmul=rule.readout if rule else None), hidden=hidden)

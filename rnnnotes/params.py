@@ -10,7 +10,7 @@ from functools import cached_property
 
 import torch
 
-from .checks import require_integer, require_positive
+from .checks import require_integer, require_nonnegative, require_positive
 
 ACTIVATIONS = ("tanh", "relu", "linear")
 
@@ -72,9 +72,38 @@ class RateParams:
         return cls(tau=0.01, dt=1.0, activation="relu")
 
     @classmethod
+    def leak_free(cls):
+        """Gradient flossing's tanh map (Engelken 2023): tau = 0.001 ms, so alpha = e^-1000, exactly 0 in floating
+        point, and ``v_t = I_t + tanh(v_{t-1}) W_rec``."""
+        return cls(tau=1e-3, dt=1.0, activation="tanh")
+
+    @classmethod
     def modprop(cls):
         """ModProp's delayed-XOR network (Liu et al. 2022): ReLU units, tau = 100 ms, dt = 1 ms."""
         return cls(tau=100.0, dt=1.0, activation="relu")
+
+
+@dataclass(frozen=True)
+class VanillaInit:
+    r"""Initialisation of gradient flossing's RNN (Engelken 2023), :class:`rnnnotes.cells.VanillaRNN`:
+    :math:`J_{ij} \sim g\,\mathcal N(0, 1)/\sqrt N + \bar g / N` (``orthogonal``: ``g`` times the Q factor of a
+    Gaussian matrix), :math:`W_{in} \sim` ``input_std`` :math:`\mathcal N(0,1) +` ``input_mean``,
+    :math:`b \sim` ``bias_offset`` + ``bias_scale`` :math:`\mathcal U(0, 1)`; the learned initial state settles
+    for ``settle_steps`` steps of the autonomous map from :math:`\mathcal N(0, 1)`."""
+
+    g: float = 1.0
+    gbar: float = 0.0
+    orthogonal: bool = False
+    input_std: float = 1.0
+    input_mean: float = 0.0
+    bias_scale: float = 0.1
+    bias_offset: float = 0.0
+    settle_steps: int = 100
+
+    def __post_init__(self):
+        require_nonnegative(g=self.g, input_std=self.input_std, bias_scale=self.bias_scale)
+        require_integer(settle_steps=self.settle_steps)
+        require_nonnegative(settle_steps=self.settle_steps)
 
 
 @dataclass(frozen=True, eq=False)

@@ -50,6 +50,21 @@ PROFILES = {
                   "n_hessian": 256, "sample_sizes": [32, 128, 256, 1000], "n_draws": 5, "lsnn_iterations": 200,
                   "lsnn_batch_size": 128},
     },
+    "06_gradient_flossing": {  # book: 3 delays x 4 seeds x 3 schedules in CPU minutes; paper: the original's sizes
+        "smoke": {},
+        "book": {"n_hidden": 32, "n_exponents": 16, "n_lyapunov": 55, "n_steps": 80, "delays": [4, 8, 12],
+                 "curve_delay": 8, "n_seeds": 4, "n_iterations": 500, "batch_size": 16, "pre_steps": 200,
+                 "inter_steps": 100, "inter_every": 100, "inter_max": 2, "eval_every": 50,
+                 "spectrum_sequences": 8, "demo_floss_steps": 300, "horizon": 100, "alif_neurons": 20,
+                 "alif_exponents": 4, "alif_floss_steps": 20, "alif_iterations": 300, "alif_delay": 4,
+                 "alif_seeds": 2},
+        "paper": {"n_hidden": 80, "n_exponents": 75, "n_lyapunov": 55, "n_steps": 300,
+                  "delays": [5, 10, 15, 20, 30, 40, 50], "curve_delay": 20, "n_seeds": 5, "n_iterations": 3001,
+                  "batch_size": 16, "pre_steps": 500, "inter_steps": 500, "inter_every": 100, "inter_max": 2,
+                  "eval_every": 100, "spectrum_sequences": 16, "demo_floss_steps": 1000, "horizon": 300,
+                  "alif_neurons": 80, "alif_exponents": 16, "alif_floss_steps": 200, "alif_iterations": 2000,
+                  "alif_delay": 10, "alif_seeds": 5},
+    },
 }
 
 

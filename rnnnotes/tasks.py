@@ -1,76 +1,23 @@
-"""Tasks as seeded batch generators: LSNN store-recall, ModProp's delayed XOR, sequential and row-wise MNIST.
+"""Tasks as seeded batch generators: LSNN store-recall, ModProp's delayed XOR, sequential and row-wise MNIST,
+gradient flossing's delayed parity and copy.
 
 Every task returns a :class:`Batch` ``(x, y, mask)``: time-first input ``x (T, B, n_in)`` with dt = 1 ms, targets
 ``y`` for consecutive windows of ``window`` steps and ``mask`` marking the windows that carry one. The batch names
-its loss; the three tasks here are classifications, scored by the cross-entropy of the readout averaged over each
-window (``losses.windowed_cross_entropy``). Every stochastic function takes a ``generator``; :class:`TaskStream`
+its loss: the cross-entropy of the readout averaged over each window (``losses.windowed_cross_entropy``), or for
+the bit tasks a binary cross-entropy per step. Every stochastic function takes a ``generator``; :class:`TaskStream`
 makes batch ``step`` a pure function of ``(seed, stream, step)``, so a resumed run sees exactly the data it would
 have seen.
 """
 import inspect
 import numbers
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from . import seeding
 from .checks import require_integer, require_nonnegative, require_positive, require_shape
-from .losses import LOSSES
-
-
-@dataclass(frozen=True, eq=False)
-class Batch:
-    r"""One batch, unpacked as ``x, y, mask = batch``; the readout of window ``k`` is
-    :math:`\bar o_k = \frac1w \sum_{t=kw}^{kw+w-1} o_t` with ``w = window``.
-
-    ``x (T, B, n_in)`` floating input. ``loss`` names the task's loss, a key of ``losses.LOSSES``:
-    ``"cross_entropy"`` takes int64 class labels ``y (T // window, B)`` (-1 allowed where masked), ``"mse"``
-    floating targets ``y (T // window, B, n_out)``. ``mask (T // window, B)`` bool: the windows that carry a target.
-    """
-
-    x: torch.Tensor
-    y: torch.Tensor
-    mask: torch.Tensor
-    window: int = 1
-    loss: str = "cross_entropy"
-
-    def __post_init__(self):
-        _check_batch(self)
-
-    def __iter__(self):
-        return iter((self.x, self.y, self.mask))
-
-    def to(self, device):
-        """A copy with ``x``, ``y`` and ``mask`` on ``device``."""
-        return replace(self, x=self.x.to(device), y=self.y.to(device), mask=self.mask.to(device))
-
-
-def _check_batch(batch):
-    """Raise ``ValueError`` naming the field of ``batch`` that breaks the :class:`Batch` contract."""
-    x, y, mask, window, loss = batch.x, batch.y, batch.mask, batch.window, batch.loss
-    if not isinstance(loss, str) or loss not in LOSSES:
-        raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
-    _require_int(window=window)
-    for name, value in (("x", x), ("y", y), ("mask", mask)):
-        if not torch.is_tensor(value):
-            raise ValueError(f"{name} must be a tensor, got {type(value).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be floating point, got dtype {x.dtype}")
-    require_shape("x", x, (None, None, None))
-    if loss == "cross_entropy" and y.dtype != torch.int64:
-        raise ValueError(f"y must hold int64 class labels for loss='cross_entropy', got dtype {y.dtype}")
-    if loss == "mse" and not y.is_floating_point():
-        raise ValueError(f"y must hold floating targets for loss='mse', got dtype {y.dtype}")
-    require_shape("y", y, (None, x.shape[1]) + ((None,) if loss == "mse" else ()))
-    if mask.dtype != torch.bool:
-        raise ValueError(f"mask must be bool, got dtype {mask.dtype}")
-    require_shape("mask", mask, tuple(y.shape[:2]))
-    if x.shape[0] // window != y.shape[0]:
-        raise ValueError(f"x must cover the {y.shape[0]} windows of y: T // window == {y.shape[0]} with "
-                         f"window={window}, got T={x.shape[0]}")
-    if loss == "cross_entropy" and (mask & (y < 0)).any():
-        raise ValueError("y must be a class label >= 0 wherever mask is True")
+from .batch import Batch
 
 
 def _require_int(**values):
@@ -390,7 +337,54 @@ class RowMNIST(SMNIST):
 
 # ------------------------------------------------------------------------------------------------------- registry
 
-TASKS = {"store_recall": store_recall, "delayed_xor": delayed_xor}
+# -------------------------------------------------------------- gradient flossing: copy and delayed parity of bits
+
+def _lagged_bits(batch_size, n_steps, delay, order, n_in, sigma, first_step, generator):
+    """Bits ``b_t`` for ``t = -delay .. n_steps - 1`` (the first ``delay`` drawn, then dropped, as the original);
+    the parity of the ``2**order`` bits at lags ``delay, 2 delay, ..., 2**order delay`` of every channel."""
+    _require_int(batch_size=batch_size, n_steps=n_steps, n_in=n_in)
+    require_integer(delay=delay)
+    require_nonnegative(delay=delay)
+    require_positive(sigma=sigma)
+    if first_step not in ("original", "causal"):
+        raise ValueError(f"first_step must be 'original' or 'causal', got {first_step!r}")
+    lags = 2 ** order
+    start = max(delay * lags - (first_step == "original"), 0)
+    if start >= n_steps:
+        raise ValueError(f"the loss window would be empty: it starts at step {start} (delay={delay}, order={order}) "
+                         f"but n_steps={n_steps}")
+    bits = torch.randint(0, 2, (n_steps + delay, batch_size, n_in), generator=generator)
+    y = torch.zeros(n_steps, batch_size, n_in)  # bits[t + delay - j delay] is b_{t - j delay}; >= 0 from start on
+    y[start:] = sum(bits[start + delay - j * delay:n_steps + delay - j * delay] for j in range(1, lags + 1)) % 2
+    mask = torch.zeros(n_steps, batch_size, dtype=torch.bool)
+    mask[start:] = True
+    return Batch(sigma * bits[delay:].float(), y, mask, window=1, loss="bce")
+
+
+def delayed_parity(batch_size, *, generator, n_steps=300, delay=5, order=1, n_in=1, sigma=1.0, first_step="original"):
+    r"""Gradient flossing's delayed XOR (``order=1``) and higher-order parity (Engelken 2023).
+
+    Input ``x_t = sigma * b_t``, i.i.d. Bernoulli(1/2) bits on ``n_in`` channels; target of each channel
+    :math:`y_t = b_{t-d} \oplus b_{t-2d} \oplus \dots \oplus b_{t-2^h d}` (``h = order``, ``d = delay``); loss
+    BCE with logits (``loss="bce"``) on steps ``t >= 2^h d - 1`` (0-indexed): the original's window, whose first
+    step depends on one bit drawn before the sequence starts and is at chance. ``first_step="causal"`` starts at
+    ``2^h d`` instead, where every target is a function of inputs the network has seen.
+    """
+    require_integer(order=order)
+    if order < 1:
+        raise ValueError(f"order must be a parity order >= 1 (order 0 is copy_task), got {order!r}")
+    return _lagged_bits(batch_size, n_steps, delay, order, n_in, sigma, first_step, generator)
+
+
+def copy_task(batch_size, *, generator, n_steps=300, delay=5, n_in=1, sigma=1.0, first_step="original"):
+    r"""Gradient flossing's delayed copy: :math:`y_t = b_{t-d}` for every channel, scored (BCE with logits) on
+    steps ``t >= d - 1``, the original's window (its first step copies a bit drawn before the sequence, at
+    chance); ``first_step="causal"`` starts at ``d``. Input as in :func:`delayed_parity`."""
+    return _lagged_bits(batch_size, n_steps, delay, 0, n_in, sigma, first_step, generator)
+
+
+TASKS = {"store_recall": store_recall, "delayed_xor": delayed_xor, "delayed_parity": delayed_parity,
+         "copy": copy_task}
 
 
 def get_task(name):

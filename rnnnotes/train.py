@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import numerics, store
-from .checks import require_positive
+from .checks import require_nonnegative, require_positive
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,8 @@ class FitConfig:
     ``checkpoint_every`` steps; a loss that is not finite or exceeds ``max_loss`` stops the run. With
     ``stop_metric``, training ends early once the mean of its last ``stop_window`` logged values reaches
     ``stop_at`` (the LSNN tutorial stops when the recall error over 20 validations is below 5 %). ``max_seconds``
-    (> 0) ends a call of ``fit`` after that much wall-clock time (a time-boxed run; 0: no limit)."""
+    (> 0) ends a call of ``fit`` after that much wall-clock time (a time-boxed run; 0: no limit). ``clip_norm``
+    (> 0) clips the gradient norm of each parameter tensor separately before the task step (0: no clipping)."""
 
     steps: int
     eval_every: int = 0
@@ -29,12 +30,14 @@ class FitConfig:
     stop_at: float = 1.0
     stop_window: int = 1
     max_seconds: float = 0.0
+    clip_norm: float = 0.0
 
     def __post_init__(self):
         require_positive(steps=self.steps, checkpoint_every=self.checkpoint_every, max_loss=self.max_loss,
                          stop_window=self.stop_window)
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        require_nonnegative(max_seconds=self.max_seconds, clip_norm=self.clip_norm)
 
     def reached(self, rows):
         """Whether the early-stopping target is met by the logged ``rows``."""
@@ -68,7 +71,8 @@ class Training(NamedTuple):
     """Everything one run trains with: ``model`` on batches ``task(step)``, minimising
     ``objective(model, batch, rule) -> (loss, metrics)`` with ``optimizer`` (and ``scheduler``) for
     ``config.steps`` steps; ``rule`` changes how credit flows (never the forward values), ``rewiring`` (DEEP R)
-    acts around each optimizer step, ``evaluate(model) -> dict`` is called without a rule."""
+    acts around each optimizer step, ``flossing`` (:class:`~rnnnotes.flossing.Flossing`) runs its due steps before
+    each task step, ``evaluate(model) -> dict`` is called without a rule."""
 
     model: Any
     task: Any
@@ -79,6 +83,7 @@ class Training(NamedTuple):
     rule: Any = None
     rewiring: Any = None
     evaluate: Any = None
+    flossing: Any = None
 
     def with_config(self, **changes):
         """The same training with fields of its :class:`FitConfig` replaced (e.g. ``max_seconds``)."""
@@ -88,7 +93,8 @@ class Training(NamedTuple):
 def _state(step, rows, t):
     return {"step": step, "rows": rows, "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
             "scheduler": t.scheduler.state_dict() if t.scheduler else None,
-            "rewiring": t.rewiring.state_dict() if t.rewiring else None}
+            "rewiring": t.rewiring.state_dict() if t.rewiring else None,
+            "flossing": t.flossing.state_dict() if t.flossing else None}
 
 
 def _restore(ckpt, t):
@@ -98,6 +104,8 @@ def _restore(ckpt, t):
         t.scheduler.load_state_dict(ckpt["scheduler"])
     if t.rewiring:
         t.rewiring.load_state_dict(ckpt["rewiring"])
+    if t.flossing:
+        t.flossing.load_state_dict(ckpt["flossing"])
     return ckpt["step"], ckpt["rows"]
 
 
@@ -119,9 +127,10 @@ def _finish(run_dir, rows, status, message, model):
 
 
 def _train_step(t, step, device):
-    """One step: ``rewiring.before_step()``, backward, ``optimizer.step()``, ``rewiring.step(lr, step)``,
-    ``scheduler.step()``, evaluation when due. Returns ``(row, loss)``; ``row`` is None (nothing updated) when the
-    loss is not finite or above ``max_loss``."""
+    """One step: flossing when due, ``rewiring.before_step()``, backward, per-tensor clipping, ``optimizer.step()``,
+    ``rewiring.step(lr, step)``, ``scheduler.step()``, evaluation when due. Returns ``(row, loss)``; ``row`` is
+    None (nothing updated) when the loss is not finite or above ``max_loss``."""
+    flossed = t.flossing.before_step(step) if t.flossing else {}
     batch = to_device(t.task(step), device)
     lr = t.optimizer.param_groups[0]["lr"]
     if t.rewiring:
@@ -131,12 +140,16 @@ def _train_step(t, step, device):
     if not math.isfinite(metrics["loss"]) or metrics["loss"] > t.config.max_loss:
         return None, metrics["loss"]
     loss.backward()
+    if t.config.clip_norm:
+        for p in t.model.parameters():
+            if p.grad is not None:
+                torch.nn.utils.clip_grad_norm_(p, t.config.clip_norm)
     t.optimizer.step()
     if t.rewiring:
         t.rewiring.step(lr, step)
     if t.scheduler:
         t.scheduler.step()
-    row = {"step": step + 1, **metrics, "lr": lr}
+    row = {"step": step + 1, **metrics, "lr": lr, **flossed}
     if t.rewiring:
         row.update({f"active_{name}": count for name, count in t.rewiring.active_counts().items()})
     every, steps = t.config.eval_every, t.config.steps

@@ -62,7 +62,7 @@ def test_masked_mse_by_hand():
     expected = (1.0 + 1.0 + 0.25 + 4.0) / 4
     assert masked_mse(OUT, mse_batch(y)).item() == pytest.approx(expected, rel=1e-12)
     assert task_loss(OUT, mse_batch(y)).item() == pytest.approx(expected, rel=1e-12)
-    assert set(LOSSES) == {"cross_entropy", "mse"}
+    assert set(LOSSES) == {"cross_entropy", "mse", "bce"}
 
 
 def test_masked_windows_contribute_nothing_to_mse():

@@ -230,8 +230,10 @@ def test_bad_stream_arguments_name_the_argument(seed, stream, step, name):
 
 
 def test_registry_and_argument_names_fail_fast():
-    assert get_task("store_recall") is store_recall and set(TASKS) == {"store_recall", "delayed_xor"}
-    with pytest.raises(ValueError, match="unknown task 'xor'; valid tasks: delayed_xor, store_recall"):
+    assert get_task("store_recall") is store_recall
+    assert set(TASKS) == {"store_recall", "delayed_xor", "delayed_parity", "copy"}
+    with pytest.raises(ValueError, match="unknown task 'xor'; valid tasks: copy, delayed_parity, delayed_xor, "
+                                         "store_recall"):
         get_task("xor")
     with pytest.raises(ValueError, match="unknown task"):
         TaskStream("xor", seed=0, batch_size=2)
@@ -276,7 +278,7 @@ def _batch(**fields):
     (dict(mask=torch.ones(2, 3, dtype=torch.bool)), r"mask must have shape \(2, 2\)"),
     (dict(window=0), "window must be a positive"),
     (dict(window=1.5), "window must be an integer"),
-    (dict(loss="xent"), "loss must be one of 'cross_entropy', 'mse', got 'xent'"),
+    (dict(loss="xent"), "loss must be one of 'cross_entropy', 'mse', 'bce', got 'xent'"),
 ])
 def test_bad_batch_raises_naming_the_field(fields, message):
     with pytest.raises(ValueError, match=message):
