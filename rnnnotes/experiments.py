@@ -21,6 +21,8 @@ from .losses import Objective
 from .model import Network, Readout
 from .flossing import Flossing, FlossingSchedule, spectrum_evaluator
 from .params import ALIFParams, RateParams, VanillaInit
+from .pattern_completion import CompletionTask, completion_objective
+from .plastic import PlasticRNN
 from .rewiring import DeepR, neuron_signs, sign_constrained_init
 from .seeding import generator
 from .tasks import (SMNIST, RowMNIST, TaskStream, copy_task, delayed_parity, delayed_xor, store_recall,
@@ -354,3 +356,38 @@ class GradientFlossing:
                                       seed=self.seed, coordinates=self.coordinates)
         return Training(model, self.stream("train", self.batch_size), objective, optimizer, config,
                         evaluate=lambda m: {**metrics(m), **spectrum(m)}, flossing=self.flossing(model))
+
+
+@dataclass(frozen=True)
+class HebbianMemory:
+    """Backpropagation of Hebbian plasticity (notebook 07): a :class:`~rnnnotes.plastic.PlasticRNN` (retention
+    ``eta``) trained by BPTT on pattern completion, one episode of ``batch_size`` per Adam step. ``task="bohp"``:
+    :meth:`CompletionTask.bohp` (29 neurons, BOHP's init); ``"dp"``: the 1000-bit
+    :meth:`CompletionTask.differentiable_plasticity` (DP's init). ``lr`` 3e-3 is BOHP's *effective* step: its Adam
+    (step 3e-4) averages the squared gradient with decay 0.9 and weight 0.001 but bias-corrects with 0.999, which
+    scales every step by about 10. Every ``eval_every`` steps and at the end: the metrics of
+    :func:`~rnnnotes.pattern_completion.completion_objective` on ``n_validation`` held-out episodes."""
+
+    notebook = "07_hebbian_plasticity"
+    task: str = "bohp"
+    seed: int = 0
+    eta: float = 0.99
+    n_iterations: int = 3
+    batch_size: int = 1
+    lr: float = 3e-3
+    eval_every: int = 0
+    n_validation: int = 16
+
+    def completion(self):
+        if self.task not in ("bohp", "dp"):
+            raise ValueError(f"task must be 'bohp' or 'dp', got {self.task!r}")
+        return CompletionTask.bohp() if self.task == "bohp" else CompletionTask.differentiable_plasticity()
+
+    def build(self, device):
+        task = self.completion()
+        model = PlasticRNN(task.n, eta=self.eta, init=self.task, seed=self.seed).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
+        config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=100, progress=False)
+        validation = [TaskStream(task, seed=self.seed, stream="validation", batch_size=self.n_validation)(0)]
+        return Training(model, TaskStream(task, seed=self.seed, batch_size=self.batch_size), completion_objective,
+                        optimizer, config, evaluate=evaluator(completion_objective, validation))

@@ -1,0 +1,190 @@
+r"""Recurrent networks with Hebbian plastic synapses (Miconi: backpropagation of Hebbian plasticity, BOHP; and
+differentiable plasticity, Miconi et al. 2018), their exact forward-mode gradient and BPTT.
+
+Row-vector convention, ``w[i, j]`` from neuron ``i`` to neuron ``j``. BOHP's naming, used here (``eta`` the
+*retention*): before the output of step ``t``, the trace is updated with the pre-synaptic activity of ``t-2`` and
+the post-synaptic activity of ``t-1``,
+
+.. math:: H(t) = \eta H(t-1) + (1 - \eta)\, y(t-2)^\top y(t-1), \qquad
+          y(t) = \tanh\big(y(t-1)\,(w + \alpha \circ H(t)) + u(t)\big),
+
+with ``alpha``'s diagonal held at zero (no plastic autapses) and ``y(0) = y(-1) = 0``, ``H(0) = 0``.
+Differentiable plasticity writes the same recurrence as :math:`y_t = \tanh(y_{t-1}(w + \alpha \circ H_{t-1}) +
+u_t)`, :math:`H_t = (1 - \eta') H_{t-1} + \eta' y_{t-1}^\top y_t`: the same trajectory with :math:`H_{t-1} = H(t)`
+and the rate :math:`\eta' = 1 - \eta` (``PlasticRNN(eta_is="rate")``).
+"""
+import math
+import os
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .cells import StateMap
+from .checks import require_integer, require_positive
+from .seeding import generator, resolve_seed
+
+
+class PlasticState(NamedTuple):
+    y: torch.Tensor  # (B, n) y(t-1)
+    y_prev: torch.Tensor  # (B, n) y(t-2)
+    hebb: torch.Tensor  # (B, n, n) H(t-1), pre x post
+
+
+class PlasticOutput(NamedTuple):
+    y: torch.Tensor  # (T, B, n) outputs, or (B, n) for one step
+    hebb: torch.Tensor  # (B, n, n) the Hebbian trace after the last step
+
+
+def plastic_step(u, state, w, alpha, eta):
+    r"""One step of the BOHP recurrence (module docstring): the new trace :math:`H(t)`, then :math:`y(t)`."""
+    hebb = eta * state.hebb + (1.0 - eta) * state.y_prev.unsqueeze(2) * state.y.unsqueeze(1)
+    drive = (state.y.unsqueeze(1) @ (w + alpha * hebb)).squeeze(1)
+    y = torch.tanh(drive + u)
+    return PlasticOutput(y=y, hebb=hebb), PlasticState(y=y, y_prev=state.y, hebb=hebb)
+
+
+class PlasticRNN(nn.Module):
+    r"""``n`` fully connected tanh neurons with plastic synapses :math:`w + \alpha \circ H` (:func:`plastic_step`),
+    every neuron receiving its input ``u (T, B, n)`` directly.
+
+    ``eta`` is the trace's retention (``eta_is="retention"``, BOHP: 0.99) or, with ``eta_is="rate"``, differentiable
+    plasticity's rate (0.01 gives the same network); a buffer, or a parameter with ``learn_eta=True``. ``init``:
+    ``"bohp"`` (:math:`w \sim \mathcal N(0, 1.21 / n)`, :math:`\alpha \sim 0.01\, \mathcal U(0, 1)`) or ``"dp"``
+    (both :math:`0.01\, \mathcal N(0, 1)`), drawn from the stream ``(seed, "plastic-weights")``. ``alpha``'s diagonal
+    is zero and is kept so (the step uses the masked matrix, so it never receives a gradient).
+    """
+
+    def __init__(self, n, *, eta=0.99, eta_is="retention", learn_eta=False, init="bohp", seed=None):
+        super().__init__()
+        require_integer(n=n)
+        if n < 2:
+            raise ValueError(f"n must be an integer >= 2, got {n!r}")
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+        if eta_is not in ("retention", "rate"):
+            raise ValueError(f"eta_is must be 'retention' (BOHP) or 'rate' (differentiable plasticity), got {eta_is!r}")
+        if init not in ("bohp", "dp"):
+            raise ValueError(f"init must be 'bohp' or 'dp', got {init!r}")
+        self.n, self.seed = int(n), resolve_seed(seed)
+        g = generator(self.seed, "plastic-weights")
+        if init == "bohp":
+            w, alpha = torch.randn(n, n, generator=g) * 1.1 / math.sqrt(n), torch.rand(n, n, generator=g) * 0.01
+        else:
+            w, alpha = torch.randn(n, n, generator=g) * 0.01, torch.randn(n, n, generator=g) * 0.01
+        self.w = nn.Parameter(w)
+        self.alpha = nn.Parameter(alpha * (1.0 - torch.eye(n)))
+        retention = torch.tensor(float(eta if eta_is == "retention" else 1.0 - eta))
+        if learn_eta:
+            self.eta = nn.Parameter(retention)
+        else:
+            self.register_buffer("eta", retention)
+
+    def plastic_weights(self):
+        """``alpha`` with its diagonal forced to zero."""
+        return self.alpha * (1.0 - torch.eye(self.n, dtype=self.alpha.dtype, device=self.alpha.device))
+
+    def initial_state(self, batch, *, device=None, dtype=None):
+        zeros = torch.zeros(batch, self.n, device=device or self.w.device, dtype=dtype or self.w.dtype)
+        return PlasticState(y=zeros, y_prev=zeros.clone(), hebb=zeros.new_zeros(batch, self.n, self.n))
+
+    def step(self, u, state):
+        """One step on ``u (B, n)``: ``(PlasticOutput, PlasticState)``."""
+        return plastic_step(u, state, self.w, self.plastic_weights(), self.eta)
+
+    def forward(self, u, state=None):
+        """Run ``u (T, B, n)``: :class:`PlasticOutput` with ``y (T, B, n)`` and the final trace."""
+        if u.dim() != 3 or u.shape[2] != self.n:
+            raise ValueError(f"u must have shape (T, B, {self.n}), got {tuple(u.shape)}")
+        state = self.initial_state(u.shape[1], device=u.device, dtype=u.dtype) if state is None else state
+        w, alpha, ys = self.w, self.plastic_weights(), []
+        for u_t in u:
+            out, state = plastic_step(u_t, state, w, alpha, self.eta)
+            ys.append(out.y)
+        return PlasticOutput(y=torch.stack(ys), hebb=state.hebb)
+
+    def state_map(self):
+        """The step on the flat state ``h = [y(t-1), y(t-2), vec H]``, ``(B, 2n + n^2)`` (:class:`StateMap`)."""
+        n = self.n
+
+        def pack(state):
+            return torch.cat([state.y, state.y_prev, state.hebb.flatten(1)], dim=-1)
+
+        def unpack(h):
+            return PlasticState(y=h[:, :n], y_prev=h[:, n:2 * n], hebb=h[:, 2 * n:].reshape(-1, n, n))
+
+        def step(h, u):
+            return pack(self.step(u, unpack(h))[1])
+        return StateMap(step=step, pack=pack, unpack=unpack, differentiable=torch.ones(2 * n + n * n, dtype=torch.bool))
+
+
+def final_loss(y_last, target):
+    r""":math:`\frac12 \sum (y_T - \mathrm{target})^2` over neurons and batch; NaN targets are not scored."""
+    error = torch.where(torch.isnan(target), 0.0, y_last - target)
+    return 0.5 * error.pow(2).sum()
+
+
+def bptt_gradient(net, u, target):
+    """``(loss, {"w": dL/dw, "alpha": dL/dalpha})`` of :func:`final_loss` at the last step, by autograd."""
+    loss = final_loss(net(u).y[-1], target)
+    grad_w, grad_alpha = torch.autograd.grad(loss, [net.w, net.alpha])
+    return loss.detach(), {"w": grad_w, "alpha": grad_alpha}
+
+
+def forward_mode_bytes(n, batch=1, dtype=torch.float64):
+    """Peak bytes of :func:`forward_mode_gradient`: the carried ``dH/dθ`` (``n^4``) and ``dy/dθ`` at two steps
+    (``2 n^3``) for both θ, times two for the new trace's temporaries."""
+    return 2 * batch * (2 * n ** 4 + 4 * n ** 3) * torch.finfo(dtype).bits // 8
+
+
+def _available_bytes(device):
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def forward_mode_gradient(net, u, target):
+    r"""``(loss, {"w": dL/dw, "alpha": dL/dalpha})`` of :func:`final_loss`, by BOHP's forward-mode recurrence:
+    carried :math:`\partial y(t)/\partial\theta`, :math:`\partial y(t-1)/\partial\theta` and
+    :math:`\partial H(t)/\partial\theta` (:math:`O(n^4)` memory and time per step), for θ in {w, α}:
+
+    .. math:: \partial H_{jk}(t) = \eta\, \partial H_{jk}(t-1) + (1-\eta)\,[\partial y_j(t-2)\, y_k(t-1)
+              + y_j(t-2)\, \partial y_k(t-1)],
+
+    .. math:: \partial x_k(t) = \sum_j \partial y_j(t-1) (w + \alpha \circ H(t))_{jk}
+              + \sum_j y_j(t-1)\, \alpha_{jk}\, \partial H_{jk}(t) + [\text{direct}]_{k},
+              \qquad \partial y_k(t) = (1 - y_k(t)^2)\, \partial x_k(t),
+
+    the direct term of :math:`w_{ab}` being :math:`\delta_{kb}\, y_a(t-1)` and of :math:`\alpha_{ab}`
+    :math:`\delta_{kb}\, y_a(t-1) H_{ab}(t)` (zero for :math:`a = b`). Refuses an ``n`` whose carried tensors would
+    not fit in the available memory. ``eta`` is taken as fixed (no gradient for it).
+    """
+    T, B, n = u.shape
+    need, free = forward_mode_bytes(n, B, u.dtype), _available_bytes(u.device)
+    if need > free:
+        raise MemoryError(f"forward_mode_gradient at n={n}, batch {B}: about {need / 1e9:.1f} GB of carried "
+                          f"tensors, {free / 1e9:.1f} GB available; use bptt_gradient")
+    with torch.no_grad():
+        w, alpha, eta = net.w, net.plastic_weights(), net.eta.detach()
+        state = net.initial_state(B, device=u.device, dtype=u.dtype)
+        eye = torch.eye(n, dtype=u.dtype, device=u.device)
+        dy = {name: u.new_zeros(B, n, n, n) for name in ("w", "alpha")}  # [batch, k, a, b]
+        dy_prev = {name: u.new_zeros(B, n, n, n) for name in dy}
+        dhebb = {name: u.new_zeros(B, n, n, n, n) for name in dy}  # [batch, j, k, a, b]
+        for u_t in u:
+            y, y_prev = state.y, state.y_prev
+            out, state = plastic_step(u_t, state, w, alpha, eta)
+            effective = w + alpha * out.hebb  # (B, j, k)
+            slope = (1.0 - out.y ** 2)[:, :, None, None]
+            for name in dy:
+                dhebb[name].mul_(eta).addcmul_(dy_prev[name].unsqueeze(2), y[:, None, :, None, None], value=1 - eta)
+                dhebb[name].addcmul_(y_prev[:, :, None, None, None], dy[name].unsqueeze(1), value=1 - eta)
+                dx = torch.einsum("zjab,zjk->zkab", dy[name], effective)
+                dx = dx + torch.einsum("zj,jk,zjkab->zkab", y, alpha, dhebb[name])
+                source = y if name == "w" else y.unsqueeze(2) * out.hebb * (1.0 - eye)  # (B, a) or (B, a, b)
+                direct = (torch.einsum("za,kb->zkab", source, eye) if name == "w"
+                          else torch.einsum("zab,kb->zkab", source, eye))
+                dy_prev[name], dy[name] = dy[name], slope * (dx + direct)
+        error = torch.where(torch.isnan(target), 0.0, state.y - target)
+        grads = {name: torch.einsum("zk,zkab->ab", error, dy[name]) for name in dy}
+        return final_loss(state.y, target), grads
