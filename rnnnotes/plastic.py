@@ -38,9 +38,8 @@ class PlasticOutput(NamedTuple):
 
 def plastic_step(u, state, w, alpha, eta):
     r"""One step of the BOHP recurrence (module docstring): the new trace :math:`H(t)`, then :math:`y(t)`."""
-    hebb = eta * state.hebb + (1.0 - eta) * state.y_prev.unsqueeze(2) * state.y.unsqueeze(1)
-    drive = (state.y.unsqueeze(1) @ (w + alpha * hebb)).squeeze(1)
-    y = torch.tanh(drive + u)
+    hebb = torch.lerp(state.y_prev.unsqueeze(2) * state.y.unsqueeze(1), state.hebb, eta)
+    y = torch.tanh(torch.baddbmm(u.unsqueeze(1), state.y.unsqueeze(1), torch.addcmul(w, alpha, hebb)).squeeze(1))
     return PlasticOutput(y=y, hebb=hebb), PlasticState(y=y, y_prev=state.y, hebb=hebb)
 
 
