@@ -20,6 +20,7 @@ import torch
 from rnnnotes import hessian, numerics
 from rnnnotes.experiments import RowMNISTCurvature
 from rnnnotes.train import fit
+from timing import median_time
 
 
 def network(args):
@@ -28,15 +29,6 @@ def network(args):
     training = config.build("cpu")
     fit(training._replace(evaluate=None))
     return training.model, config.held_out()
-
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def lanczos_to_accuracy(loss_fn, params, reference, accuracy, method, seed):

@@ -8,8 +8,6 @@ a naive loop of one ``jvp`` per column; times are medians, ratios are to the for
     python benchmarks/bench_lyapunov.py
 """
 import argparse
-import statistics
-import time
 
 import torch
 from torch.func import jvp
@@ -17,16 +15,7 @@ from torch.func import jvp
 from rnnnotes import numerics
 from rnnnotes.cells import VanillaRNN
 from rnnnotes.lyapunov import lyapunov_spectrum, random_basis
-
-
-def median_time(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_time
 
 
 def naive_spectrum(step, h0, inputs, k):
@@ -70,7 +59,7 @@ def main():
                                      args.repeats)
                 batched = median_time(lambda: lyapunov_spectrum(state_map.step, h0, inputs, k, t_ons=args.t_ons),
                                       args.repeats)
-                naive = median_time(lambda: naive_spectrum(state_map.step, h0, inputs, k), 1)
+                naive = median_time(lambda: naive_spectrum(state_map.step, h0, inputs, k), 1, warmup=False)
                 print(f"{n:4d} {k:4d}  {base * 1e3:10.1f}  {closed * 1e3:9.1f} ({closed / base:5.1f})  "
                       f"{batched * 1e3:9.1f} ({batched / base:5.1f})  {naive * 1e3:9.1f} ({naive / base:6.1f})")
 

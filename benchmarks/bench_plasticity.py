@@ -7,27 +7,13 @@ differentiable plasticity's 106-step episode):
     python benchmarks/bench_plasticity.py
 """
 import argparse
-import statistics
-import time
 
 import torch
 
 from rnnnotes import resolve_device
 from rnnnotes.memory import autograd_saved_bytes
 from rnnnotes.plastic import PlasticRNN, bptt_gradient, forward_mode_bytes, forward_mode_gradient
-
-
-def median_time(fn, repeats, device):
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_time
 
 
 def problem(n, steps, dtype, device):
@@ -49,8 +35,8 @@ def main():
     print("   N  forward-mode s  BPTT s  speed-up  forward-mode carried MB  BPTT saved MB")
     for n in args.sizes:
         net, u, target = problem(n, 66, torch.float64, device)
-        forward = median_time(lambda: forward_mode_gradient(net, u, target), args.repeats, device)
-        bptt = median_time(lambda: bptt_gradient(net, u, target), args.repeats, device)
+        forward = median_time(lambda: forward_mode_gradient(net, u, target), args.repeats, device=device)
+        bptt = median_time(lambda: bptt_gradient(net, u, target), args.repeats, device=device)
         saved = autograd_saved_bytes(lambda: bptt_gradient(net, u, target))[1]
         print(f"{n:4d}  {forward:13.3f}  {bptt:6.4f}  {forward / bptt:8.0f}  "
               f"{forward_mode_bytes(n) / 1e6:23.1f}  {saved / 1e6:13.2f}")
@@ -59,7 +45,7 @@ def main():
         net, u, target = problem(n, 106, torch.float32, device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        seconds = median_time(lambda: bptt_gradient(net, u, target), args.repeats, device)
+        seconds = median_time(lambda: bptt_gradient(net, u, target), args.repeats, device=device)
         saved = autograd_saved_bytes(lambda: bptt_gradient(net, u, target))[1]
         peak = (f", allocator peak {torch.cuda.max_memory_allocated(device) / 1e6:.0f} MB"
                 if device.type == "cuda" else "")
