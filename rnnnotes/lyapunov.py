@@ -12,6 +12,7 @@ so any cell's ``state_map()`` works, spiking cells through their pseudo-derivati
 import torch
 from torch.func import jvp, vmap
 
+from .cells import StateMap
 from .checks import require_integer, require_nonnegative, require_positive
 from .seeding import generator
 
@@ -31,11 +32,12 @@ def random_basis(n, k, *, seed=0, batch=1, dtype=torch.float32, device=None):
 
 def tangent_step(step_fn, h, x, Q):
     r"""``(h_t, D_t Q)``: one step of the map and its Jacobian applied to the ``k`` columns of ``Q (B, N, k)``,
-    in one forward-mode pass batched over the columns (``step_fn`` may instead carry a closed form as
-    ``step_fn.tangent``, e.g. a :class:`~rnnnotes.cells.StateMap`'s)."""
-    if getattr(step_fn, "tangent", None) is not None:
-        return step_fn.tangent(h, x, Q)
-    step_fn = getattr(step_fn, "step", step_fn)
+    in one forward-mode pass batched over the columns; for a :class:`~rnnnotes.cells.StateMap` with a closed-form
+    ``tangent``, that instead."""
+    if isinstance(step_fn, StateMap):
+        if step_fn.tangent is not None:
+            return step_fn.tangent(h, x, Q)
+        step_fn = step_fn.step
 
     def push(q):
         return jvp(lambda state: step_fn(state, x), (h,), (q,))
