@@ -117,7 +117,9 @@ class Flossing:
         return loss.detach(), exponents.detach()
 
     def run(self, n):
-        """``n`` flossing steps; the log fields of the first and last."""
+        """``n`` (>= 1) flossing steps; the log fields of the first and last."""
+        require_integer(n=n)
+        require_positive(n=n)
         losses = []
         for _ in range(n):
             loss, exponents = self.step()
