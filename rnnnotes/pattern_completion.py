@@ -115,6 +115,7 @@ class CompletionTask:
         return shown, target, target * keep, patterns
 
     def __call__(self, batch_size, *, generator):
+        require_integer(batch_size=batch_size)
         require_positive(batch_size=batch_size)
         shown, target, cue, patterns = (torch.stack(p, dim=-2) for p in
                                         zip(*(self._one(generator) for _ in range(batch_size))))
