@@ -19,7 +19,7 @@ from .cells import ALIF, RateRNN, VanillaRNN
 from .data import load_mnist
 from .losses import Objective
 from .model import Network, Readout
-from .flossing import Flossing, FlossingSchedule, spectrum_evaluator
+from .flossing import Flossing, FlossingSchedule, original_warmup, spectrum_evaluator
 from .params import ALIFParams, RateParams, VanillaInit
 from .pattern_completion import CompletionTask, completion_objective
 from .plastic import PlasticRNN
@@ -352,7 +352,7 @@ class GradientFlossing:
         validation = self.stream("validation", self.n_validation)(0)
         metrics = evaluator(objective, [validation])
         spectrum = spectrum_evaluator(validation.x[:self.n_lyapunov, :1], self.n_exponents,
-                                      warmup=FlossingSchedule(n_steps=self.n_lyapunov).counted_from,
+                                      warmup=original_warmup(self.n_lyapunov),
                                       seed=self.seed, coordinates=self.coordinates)
         return Training(model, self.stream("train", self.batch_size), objective, optimizer, config,
                         evaluate=lambda m: {**metrics(m), **spectrum(m)}, flossing=self.flossing(model))

@@ -35,6 +35,11 @@ def spectrum_evaluator(x, k, *, warmup, seed=0, coordinates=None):
     return evaluate
 
 
+def original_warmup(n_steps):
+    """The original's warm-up of a spectrum over ``n_steps`` steps: ``10 + ceil(n_steps / 10)`` (16 for 55)."""
+    return 10 + math.ceil(n_steps / 10)
+
+
 @dataclass(frozen=True)
 class FlossingSchedule:
     """When and how to floss (the original's arguments in brackets). Before task step 0: ``pre_steps`` flossing
@@ -68,7 +73,7 @@ class FlossingSchedule:
     @property
     def counted_from(self):
         """The warm-up actually used."""
-        return 10 + math.ceil(self.n_steps / 10) if self.warmup is None else self.warmup
+        return original_warmup(self.n_steps) if self.warmup is None else self.warmup
 
     def steps_before(self, step, episodes):
         """``(flossing steps, is an inter-flossing episode)`` due before task step ``step`` (0-indexed)."""

@@ -35,7 +35,7 @@ def masked_mse(out, batch):
 
 
 def masked_bce(out, batch):
-    r"""Binary cross-entropy with logits, :math:`-[y \log \sigma(ar o) + (1 - y) \log(1 - \sigma(ar o))]`,
+    r"""Binary cross-entropy with logits, :math:`-[y \log \sigma(\bar o) + (1 - y) \log(1 - \sigma(\bar o))]`,
     averaged over the masked windows and the ``n_out`` outputs (the gradient-flossing tasks' loss)."""
     if out.shape[-1] != batch.y.shape[-1]:
         raise ValueError(f"out must have the n_out = {batch.y.shape[-1]} outputs of y, got {out.shape[-1]}")

@@ -1,5 +1,15 @@
-"""What a gradient holds in memory: the tensors autograd saves for the backward pass."""
+"""What a gradient holds in memory (the tensors autograd saves for the backward pass), and what a device has free."""
+import os
+
 import torch
+
+
+def available_bytes(device):
+    """Free memory of ``device``: the CUDA allocator's free bytes, or the host's available physical memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def autograd_saved_bytes(fn):

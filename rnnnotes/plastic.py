@@ -14,7 +14,6 @@ u_t)`, :math:`H_t = (1 - \eta') H_{t-1} + \eta' y_{t-1}^\top y_t`: the same traj
 and the rate :math:`\eta' = 1 - \eta` (``PlasticRNN(eta_is="rate")``).
 """
 import math
-import os
 from typing import NamedTuple
 
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 
 from .cells import StateMap
 from .checks import require_integer, require_positive
+from .memory import available_bytes
 from .seeding import generator, resolve_seed
 
 
@@ -136,12 +136,6 @@ def forward_mode_bytes(n, batch=1, dtype=torch.float64):
     return 2 * batch * (2 * n ** 4 + 4 * n ** 3) * torch.finfo(dtype).bits // 8
 
 
-def _available_bytes(device):
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def forward_mode_gradient(net, u, target):
     r"""``(loss, {"w": dL/dw, "alpha": dL/dalpha})`` of :func:`final_loss`, by BOHP's forward-mode recurrence:
     carried :math:`\partial y(t)/\partial\theta`, :math:`\partial y(t-1)/\partial\theta` and
@@ -159,7 +153,7 @@ def forward_mode_gradient(net, u, target):
     not fit in the available memory. ``eta`` is taken as fixed (no gradient for it).
     """
     T, B, n = u.shape
-    need, free = forward_mode_bytes(n, B, u.dtype), _available_bytes(u.device)
+    need, free = forward_mode_bytes(n, B, u.dtype), available_bytes(u.device)
     if need > free:
         raise MemoryError(f"forward_mode_gradient at n={n}, batch {B}: about {need / 1e9:.1f} GB of carried "
                           f"tensors, {free / 1e9:.1f} GB available; use bptt_gradient")
