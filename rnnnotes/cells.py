@@ -13,9 +13,10 @@ from dataclasses import replace
 from typing import Callable, NamedTuple
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
-from . import functional as F
+from . import functional as F, fused
 from .checks import require_integer, require_positive, require_shape
 from .params import ALIFParams, LIFParams, RateParams, VanillaInit, with_overrides
 from .functional import RateOutput, RateState, SpikeFunction, SpikingOutput, SpikingState, spike  # noqa: F401
@@ -94,17 +95,47 @@ class _Recurrent(nn.Module):
         """The params object handed to the step function."""
         return self.params
 
-    def forward(self, x, state=None, *, recurrent=None):
-        """Run ``x (T, B, n_in)``; ``recurrent(state, w_rec)`` replaces ``recurrent_input`` (credit rules)."""
+    def forward(self, x, state=None, *, recurrent=None, fast=None, checkpoint=None):
+        """Run ``x (T, B, n_in)``; ``recurrent(state, w_rec)`` replaces ``recurrent_input`` (credit rules).
+        ``fast``: the fused time loop of :mod:`rnnnotes.fused` where it applies (``None``), always (``True``: an
+        error where it cannot) or never (``False``: the plain per-step path). ``checkpoint=k``: the plain path in
+        chunks of ``k`` steps whose intermediates are recomputed in the backward pass (activation checkpointing)."""
         require_shape("x", x, (None, None, self.n_in))
         state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype) if state is None else state
         current, w_rec, params = self.input_current(x), self.step_weights(), self.step_params()
-        step, recurrent = self.step_function, recurrent or F.recurrent_input
-        outputs = []
+        if checkpoint is not None:
+            require_positive(checkpoint=checkpoint)
+            require_integer(checkpoint=checkpoint)
+            if fast:
+                raise ValueError("checkpoint runs the plain path; the fused path saves only its outputs already")
+            return self._chunked(current, w_rec, state, params, recurrent or F.recurrent_input, int(checkpoint))
+        cut = fused.choose(fast, recurrent, (current, w_rec, *state))
+        if cut is None:
+            return self._loop(current, w_rec, state, params, recurrent or F.recurrent_input)[0]
+        recurrent = F.cut_presynaptic if cut else F.recurrent_input
+
+        def plain(current, w_rec, *state_and_constants):
+            state_ = self.state_type(*state_and_constants[:len(state)])
+            return tuple(self._loop(current, w_rec, state_, params, recurrent)[0])
+        return self._fused(current, w_rec, state, params, plain, cut)
+
+    def _loop(self, current, w_rec, state, params, recurrent):
+        """The plain path: the step function once per step of ``current (T, B, n)``; ``(outputs, final state)``."""
+        step, outputs = self.step_function, []
         for i_t in current:
             out, state = step(i_t, state, params, w_rec, recurrent=recurrent)
             outputs.append(out)
-        return type(outputs[0])(*(torch.stack(o) for o in zip(*outputs)))
+        return type(outputs[0])(*(torch.stack(o) for o in zip(*outputs))), state
+
+    def _chunked(self, current, w_rec, state, params, recurrent, steps):
+        """:meth:`_loop` over chunks of ``steps`` steps under ``torch.utils.checkpoint``: autograd keeps only each
+        chunk's outputs and final state, and reruns the chunk in the backward pass."""
+        outputs = []
+        for chunk in current.split(steps):
+            out, state = torch.utils.checkpoint.checkpoint(self._loop, chunk, w_rec, state, params, recurrent,
+                                                           use_reentrant=False)
+            outputs.append(out)
+        return type(outputs[0])(*(torch.cat(o) for o in zip(*outputs)))
 
     def _zeros(self, batch, width, device, dtype):
         return torch.zeros(batch, width, device=device or self.w_in.device, dtype=dtype or self.w_in.dtype)
@@ -151,6 +182,9 @@ class RateRNN(_Recurrent):
     def initial_state(self, batch, *, device=None, dtype=None):
         zeros = self._zeros(batch, self.n, device, dtype)
         return RateState(v=zeros, z=zeros.clone())
+
+    def _fused(self, current, w_rec, state, params, plain, cut):
+        return RateOutput(*fused.rate_sequence(current, w_rec, state, params, plain, cut=cut))
 
     def gains(self, hidden):
         r"""``(phi'(v_k), 0)``: the exact :math:`\partial z_k / \partial v_k` of every unit and step (detached);
@@ -273,12 +307,20 @@ class _SpikingLayer(_Recurrent):
         return self._by_delay(self.recurrent_weights(), self.delay_rec).flatten(0, 1)
 
     def input_current(self, x):
-        """Feed-forward current ``sum_d x_{t-d} W_in^(d)`` for all steps at once, ``(T, B, n)``: one matmul of
-        the delay-shifted inputs ``[x_t, x_{t-1}, ..., x_{t-n_delay+1}]`` with the delay-stacked weights."""
+        """Feed-forward current ``sum_d x_{t-d} W_in^(d)`` for all steps at once, ``(T, B, n)``: one matmul per
+        delay, each accumulated in place into the steps it reaches (no delay-shifted copy of ``x``)."""
         if self.n_delay == 1:
             return x @ self.w_in
-        shifted = torch.cat([nn.functional.pad(x, (0, 0, 0, 0, d, 0))[:x.shape[0]] for d in range(self.n_delay)], -1)
-        return shifted @ self._by_delay(self.w_in, self.delay_in).flatten(0, 1)
+        w = self._by_delay(self.w_in, self.delay_in)
+        current = x @ w[0]
+        for d in range(1, min(self.n_delay, x.shape[0])):
+            current[d:].flatten(0, 1).addmm_(x[:-d].flatten(0, 1), w[d])
+        return current
+
+    def _fused(self, current, w_rec, state, params, plain, cut):
+        adaptive = isinstance(self.params, ALIFParams)
+        return SpikingOutput(*fused.spiking_sequence(current, w_rec, state, params, plain, adaptive=adaptive,
+                                                     cut=cut))
 
     def gains(self, hidden):
         r"""``(g, 1)``: :math:`g_k = \partial z_k / \partial v_{k-1}` of every neuron and step (detached): the

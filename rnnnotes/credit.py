@@ -31,7 +31,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from .functional import apply
+from .functional import apply, cut_presynaptic
 from .seeding import generator
 
 RULES = ("bptt", "eprop", "mdgl", "modprop")
@@ -78,11 +78,6 @@ class FeedbackMatmul(torch.autograd.Function):
         if w_out_dot is not None:
             out = out + psp @ w_out_dot
         return out
-
-
-def cut_presynaptic(state, w_rec):
-    """e-prop: the recurrent current with no gradient into the presynaptic spikes (all delays)."""
-    return state.presynaptic.detach() @ w_rec
 
 
 def type_labels(n, n_types):

@@ -127,6 +127,11 @@ def recurrent_input(state, w_rec):
     return state.presynaptic @ w_rec
 
 
+def cut_presynaptic(state, w_rec):
+    """e-prop: the recurrent current with no gradient into the presynaptic spikes (all delays)."""
+    return state.presynaptic.detach() @ w_rec
+
+
 # ------------------------------------------------------------------------------------------------------- rate step
 
 ACTIVATION_FUNCTIONS = {

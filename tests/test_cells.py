@@ -40,8 +40,9 @@ def numpy_alif(x, w_in, w_rec, delay_in, delay_rec, beta, *, tau_m, tau_a, thr, 
     return np.array(zs), np.array(vs), np.array(thrs)
 
 
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("n_delay", [1, 4])
-def test_alif_matches_independent_numpy_simulation(n_delay):
+def test_alif_matches_independent_numpy_simulation(n_delay, fast):
     torch.manual_seed(0)
     params = dict(tau_m=20.0, tau_a=200.0, thr=0.01, n_ref=3, dt=1.0)
     cell = ALIF(4, 3, 3, beta=1.6, gamma=0.3, n_delay=n_delay, seed=3, **params).double()
@@ -50,7 +51,7 @@ def test_alif_matches_independent_numpy_simulation(n_delay):
         cell.w_rec.mul_(0.05)
     x = (torch.rand(250, 2, 4, dtype=torch.float64) < 0.15).double()
     with torch.no_grad():
-        out = cell(x)
+        out = cell(x, fast=fast)
     z, v, A = numpy_alif(x.numpy(), cell.w_in.detach().numpy(), cell.w_rec.detach().numpy(),
                          cell.delay_in.numpy(), cell.delay_rec.numpy(), cell.beta.double().numpy(),
                          n_delay=n_delay, **params)

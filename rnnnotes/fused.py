@@ -1,0 +1,315 @@
+r"""Fused time loops: a whole sequence of a spiking or rate layer as one ``autograd.Function`` with hand-written BPTT.
+
+The plain path (:mod:`rnnnotes.functional`, one autograd node per operation and step) dispatches about 130 ops
+per step and saves every intermediate. Here the forward writes each step straight into the output tensors and
+saves only them (plus the refractory mask); the backward runs the adjoint recursion of the same equations step
+by step and forms the weight gradient as one ``(n x TB) @ (TB x n)`` matmul per synaptic delay. Synaptic delays
+use a ring buffer of future currents (``z_t W^{(d)}`` lands in the slot of step ``t + 1 + d``), as LSNN's
+``i_future_buffer``, instead of copying the spike history every step.
+
+The values are those of the plain path, up to floating-point rounding. The derivatives are the plain path's,
+pseudo-derivative included, and first-order only: Hessians and ``torch.func`` transforms take the plain path
+(:func:`choose` sees the transforms; :func:`disabled` switches the fused path off, as :mod:`rnnnotes.hessian`
+does). ``RNNNOTES_FAST=0`` switches it off everywhere.
+"""
+import contextlib
+import os
+from typing import NamedTuple
+
+import torch
+
+from .functional import ACTIVATION_FUNCTIONS, cut_presynaptic, recurrent_input
+
+_switch = {"on": True}
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this block every cell takes its plain path (e.g. for second derivatives)."""
+    before, _switch["on"] = _switch["on"], False
+    try:
+        yield
+    finally:
+        _switch["on"] = before
+
+
+def choose(fast, recurrent, tensors):
+    """``None`` for the plain path, else whether the recurrence is cut (e-prop's ``cut_presynaptic``).
+
+    ``fast=None`` picks the fused path unless it is switched off (``RNNNOTES_FAST=0``, :func:`disabled`), a
+    ``torch.func`` transform or forward-mode AD is active, or ``recurrent`` is a hook the fused path does not know;
+    ``fast=True`` raises ``ValueError`` naming the reason instead of falling back; ``fast=False`` is the plain path.
+    """
+    if fast is False:
+        return None
+    reason = None
+    if recurrent not in (None, recurrent_input, cut_presynaptic):
+        reason = f"the recurrent hook {getattr(recurrent, '__name__', recurrent)!r} has no fused form"
+    elif torch._C._are_functorch_transforms_active():
+        reason = "a torch.func transform is active"
+    elif any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        reason = "forward-mode AD is active"
+    elif fast is None and (not _switch["on"] or os.environ.get("RNNNOTES_FAST", "1") == "0"):
+        return None
+    if reason is None:
+        return recurrent is cut_presynaptic
+    if fast:
+        raise ValueError(f"fast=True, but {reason}")
+    return None
+
+
+# --------------------------------------------------------------------------------------------------- spiking layer
+
+class SpikingConstants(NamedTuple):
+    """The step's numbers (see :func:`rnnnotes.functional.alif_step`); ``adaptive=False`` is the LIF step."""
+
+    alpha: float
+    rho: float
+    thr: float
+    dt: float
+    gamma: float
+    n_ref: int
+    n_delay: int
+    adaptive: bool
+    cut: bool
+
+
+def _delay_blocks(w_stack, n_delay):
+    """``(n, n_delay * n)``: ``[W^(0) | W^(1) | ...]``, the currents a spike sends to the next ``n_delay`` steps."""
+    n = w_stack.shape[1]
+    return w_stack.view(n_delay, n, n).transpose(0, 1).reshape(n, n_delay * n)
+
+
+def _slot(ring, i, n):
+    """Slot ``i`` of a ring buffer ``(B, D n)``: a view ``(B, n)``."""
+    return ring[:, i * n:(i + 1) * n]
+
+
+def _add_rotated(ring, update, first, n):
+    """``ring (B, D n)`` += ``update (B, D n)`` with block ``d`` of ``update`` added to slot ``(first + d) mod D``."""
+    split = ring.shape[1] - first * n
+    ring[:, first * n:].add_(update[:, :split])
+    if first:
+        ring[:, :first * n].add_(update[:, split:])
+
+
+def _spiking_forward(current, w_stack, v, z, b, ref, presynaptic, beta, k):
+    """The LSNN step of :func:`rnnnotes.functional.alif_step` over all steps; returns ``Z, V, A`` and the mask of
+    steps on which a neuron may spike (``None`` without refractoriness)."""
+    T, B, n = current.shape
+    Z, V, A = (current.new_empty(T, B, n) for _ in range(3))
+    allowed = torch.empty(T, B, n, dtype=torch.bool, device=current.device) if k.n_ref else None
+    if not k.adaptive:
+        A.fill_(k.thr)
+    thr = torch.tensor(k.thr, dtype=current.dtype, device=current.device)
+    # thresholds stay positive (thr > 0, beta >= 0, b >= 0), so (v - A) / A > 0 is v > A
+    positive = not k.adaptive or bool((b.min() >= 0) & (z.min() >= 0))
+    last_spike = ref - (k.n_ref + 1)  # refractory counter as a time: a neuron may spike at t iff <= t - 1 - n_ref
+    if k.n_delay > 1:  # slot t mod D holds the recurrent current of step t
+        blocks, ring = _delay_blocks(w_stack, k.n_delay), torch.zeros(B, k.n_delay * n, dtype=v.dtype, device=v.device)
+        for lag in range(k.n_delay):  # the initial spike history's currents for steps 0 .. D - 1 - lag
+            ring[:, :(k.n_delay - lag) * n].addmm_(presynaptic[:, lag * n:(lag + 1) * n], blocks[:, lag * n:])
+    for t in range(T):
+        a = A[t]
+        if k.adaptive:
+            b = torch.lerp(z, b, k.rho)
+            torch.addcmul(thr, b, beta, out=a)
+        if k.n_delay == 1:
+            drive = torch.addmm(current[t], z, w_stack)
+        else:
+            slot = _slot(ring, t % k.n_delay, n)
+            drive = current[t] + slot
+            slot.zero_()
+        torch.lerp(drive, v, k.alpha, out=V[t]).addcmul_(z, a, value=-k.dt)
+        spikes = torch.gt(v, a) if positive else torch.gt((v - a) / a, 0)
+        if k.n_ref:
+            spikes &= torch.le(last_spike, t - 1 - k.n_ref, out=allowed[t])
+            last_spike.masked_fill_(spikes, t)
+        Z[t].copy_(spikes)
+        if k.dt != 1.0:
+            Z[t].div_(k.dt)
+        v, z = V[t], Z[t]
+        if k.n_delay > 1:
+            _add_rotated(ring, z @ blocks, (t + 1) % k.n_delay, n)
+    return Z, V, A, allowed
+
+
+def _weight_gradient(Z, presynaptic, grad_drive, n_delay):
+    r"""``(D n, n)``: :math:`\partial L / \partial W^{(d)} = \sum_t z_{t-1-d}^T \delta_t`, one matmul per delay."""
+    T, B, n = Z.shape
+    history = presynaptic.view(B, n_delay, n).flip(1).transpose(0, 1)  # z_{-D}, ..., z_{-1}
+    spikes = torch.cat([history, Z[:-1]])
+    delta = grad_drive.reshape(T * B, n)
+    return torch.cat([spikes[n_delay - 1 - d:n_delay - 1 - d + T].reshape(T * B, n).T @ delta
+                      for d in range(n_delay)])
+
+
+class _Grads(NamedTuple):
+    """The gradients of the outputs ``Z, V, A`` (``None`` where unused) and the per-neuron ``beta``."""
+
+    z: torch.Tensor
+    v: torch.Tensor
+    a: torch.Tensor
+    beta: torch.Tensor
+
+
+def _sensitivities(Z, V, A, allowed, v0, k):
+    r"""For all steps at once, ``P = dz_t / dv_{t-1}`` and ``R = -A_t dz_t / dA_t`` (zero while refractory):
+    :math:`P = \gamma \max(0, 1 - |u_t|) / (A_t\, dt)`, :math:`R = P (u_t + 1)`, :math:`u_t = (v_{t-1} - A_t)/A_t`."""
+    u = torch.cat([v0.unsqueeze(0), V[:-1]]).sub_(A).div_(A)
+    P = (1.0 - u.abs()).clamp_(min=0.0).mul_(k.gamma / k.dt).div_(A)
+    if allowed is not None:
+        P.mul_(allowed)
+    return P, (u.add_(1.0).mul_(P) if k.adaptive else None)
+
+
+def _spiking_backward(grads, saved, w_stack, presynaptic, k):
+    r"""BPTT through :func:`_spiking_forward`: the gradients of the drive ``I_t + r_t``, the stacked weights and the
+    initial ``v``, ``z``, ``b`` and spike history. ``G[t]`` accumulates :math:`\partial L / \partial v_t`."""
+    Z, V, A, allowed, v0, z0 = saved
+    T, B, n = Z.shape
+    P, R = _sensitivities(Z, V, A, allowed, v0, k)
+    G, dv0 = torch.zeros_like(Z), torch.empty_like(v0)
+    dz, db = torch.zeros_like(v0), torch.zeros_like(v0)
+    w_back = w_stack.T * (1.0 - k.alpha)  # d drive_t / d v_t (1 - alpha) folded into the weights
+    ring = torch.zeros(B, k.n_delay * n, dtype=Z.dtype, device=Z.device)  # slot (-t) mod D: d L / d z_t
+    for t in range(T - 1, -1, -1):
+        g_v, g_z = G[t], dz if grads.z is None else dz.add_(grads.z[t])
+        if grads.v is not None:
+            g_v.add_(grads.v[t])
+        z_prev = Z[t - 1] if t else z0
+        if k.adaptive:  # -d L / d A_t, then d L / d b_t
+            minus_d_a = torch.mul(g_z, R[t]).addcmul_(g_v, z_prev, value=k.dt)
+            db = torch.addcmul(db if grads.a is None else torch.addcmul(db, grads.a[t], grads.beta), minus_d_a, grads.beta,
+                               value=-1.0)
+            dz = torch.mul(db, 1.0 - k.rho).addcmul_(g_v, A[t], value=-k.dt)
+            db.mul_(k.rho)
+        else:
+            dz = torch.mul(g_v, -k.thr * k.dt)
+        torch.mul(g_z, P[t], out=G[t - 1] if t else dv0)
+        if k.alpha:
+            (G[t - 1] if t else dv0).add_(g_v, alpha=k.alpha)
+        if k.n_delay == 1 and not k.cut:
+            dz.addmm_(g_v, w_back)
+        elif not k.cut:  # z_{t-1-d} feeds the drive of step t through W^(d); e-prop cuts this path
+            _add_rotated(ring, g_v @ w_back, (1 - t) % k.n_delay, n)
+            dz.add_(_slot(ring, (1 - t) % k.n_delay, n))
+            _slot(ring, (1 - t) % k.n_delay, n).zero_()
+    drive = G.mul_(1.0 - k.alpha)
+    grad_history = torch.cat([_slot(ring, (1 + lag) % k.n_delay, n) for lag in range(k.n_delay)][1:]
+                             or [presynaptic[:, :0]], dim=1)
+    return drive, _weight_gradient(Z, presynaptic, drive, k.n_delay), dv0, dz, db, grad_history
+
+
+def _differentiable_backward(plain, inputs, outputs_grads):
+    """Gradients of ``plain(*inputs)`` (the plain path) by autograd with ``create_graph``: what a fused backward
+    does when it is itself differentiated (a Hessian-vector product by double backward)."""
+    with torch.enable_grad():
+        outputs = plain(*inputs)
+        pairs = [(o, g) for o, g in zip(outputs, outputs_grads) if g is not None and o.requires_grad]
+        wanted = [i for i in inputs if torch.is_tensor(i) and i.requires_grad]
+        found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,
+                                         allow_unused=True)) if pairs else iter([None] * len(wanted))
+    return tuple(next(found) if torch.is_tensor(i) and i.requires_grad else None for i in inputs)
+
+
+class SpikingSequence(torch.autograd.Function):
+    """``(Z, V, A)`` of a LIF/ALIF layer over a whole sequence; see the module docstring. ``plain(current,
+    w_stack, v0, z0, b0, ref0, history0, beta, k)`` is the same map on the plain path (for second derivatives)."""
+
+    @staticmethod
+    def forward(ctx, current, w_stack, v0, z0, b0, ref0, history0, beta, k, plain):
+        ctx.set_materialize_grads(False)
+        presynaptic = torch.cat([z0, history0], dim=1)
+        Z, V, A, allowed = _spiking_forward(current, w_stack, v0, z0, b0, ref0, presynaptic, beta, k)
+        ctx.save_for_backward(Z, V, A, current, w_stack, v0, z0, b0, ref0, history0, beta)
+        ctx.allowed, ctx.k, ctx.plain = allowed, k, plain
+        return Z, V, A
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_v, grad_a):
+        Z, V, A, *inputs = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _differentiable_backward(ctx.plain, (*inputs, ctx.k), (grad_z, grad_v, grad_a)) + (None,)
+        current, w_stack, v0, z0, b0, ref0, history0, beta = inputs
+        grads = _Grads(grad_z, grad_v, grad_a, beta)
+        presynaptic = torch.cat([z0, history0], dim=1)
+        drive, grad_w, dv0, dz0, db0, dhistory = _spiking_backward(grads, (Z, V, A, ctx.allowed, v0, z0), w_stack,
+                                                                    presynaptic, ctx.k)
+        return drive, grad_w, dv0, dz0, db0, None, dhistory, None, None, None
+
+
+def spiking_sequence(current, w_stack, state, params, plain, *, adaptive, cut):
+    """``(z, v, threshold)`` of the LSNN step run from ``state`` on ``current (T, B, n)``; ``params`` is an
+    ALIF/LIF params object (``beta`` a per-neuron tensor for ALIF), ``plain`` the same map on the plain path."""
+    n_delay = w_stack.shape[0] // w_stack.shape[1]
+    k = SpikingConstants(alpha=params.alpha, rho=params.rho if adaptive else 0.0, thr=float(params.thr),
+                         dt=float(params.dt), gamma=float(params.gamma), n_ref=int(params.n_ref), n_delay=n_delay,
+                         adaptive=adaptive, cut=cut)
+    beta = params.beta.to(current) if adaptive else current.new_zeros(current.shape[-1])
+    return SpikingSequence.apply(current, w_stack, state.v, state.z, state.b, state.ref, state.history, beta, k,
+                                 plain)
+
+
+# ------------------------------------------------------------------------------------------------------ rate layer
+
+class RateConstants(NamedTuple):
+    alpha: float
+    activation: str
+    cut: bool
+
+
+def _activation_gain(activation, V, Z):
+    """:math:`\\phi'(v)` from the saved ``v`` and ``z = \\phi(v)``."""
+    if activation == "tanh":
+        return 1.0 - Z * Z
+    return ACTIVATION_FUNCTIONS[activation][1](V)
+
+
+def _rate_backward(grad_z, grad_v, Z, V, w, z0, k):
+    """BPTT through the rate loop: the gradients of the drive ``(T, B, n)``, ``w`` and the initial ``v``, ``z``."""
+    gain = _activation_gain(k.activation, V, Z)
+    drive = torch.empty_like(Z)
+    dv = dz = torch.zeros_like(Z[0])
+    for t in range(Z.shape[0] - 1, -1, -1):
+        g_z = dz if grad_z is None else grad_z[t] + dz
+        g_v = torch.addcmul(dv if grad_v is None else grad_v[t] + dv, gain[t], g_z)
+        torch.mul(g_v, 1.0 - k.alpha, out=drive[t])
+        dv = g_v * k.alpha
+        dz = torch.zeros_like(dv) if k.cut else drive[t] @ w.T
+    grad_w = torch.cat([z0.unsqueeze(0), Z[:-1]]).flatten(0, 1).T @ drive.flatten(0, 1)
+    return drive, grad_w, dv, dz
+
+
+class RateSequence(torch.autograd.Function):
+    r"""``(Z, V)`` of :func:`rnnnotes.functional.rate_step` over a whole sequence. Backward:
+    :math:`\delta v_t = g^v_t + \alpha \delta v_{t+1} + \phi'(v_t)(g^z_t + (1-\alpha)\delta v_{t+1} W^T)`."""
+
+    @staticmethod
+    def forward(ctx, current, w, v, z, k, plain):
+        ctx.set_materialize_grads(False)
+        T, B, n = current.shape
+        Z, V = current.new_empty(T, B, n), current.new_empty(T, B, n)
+        phi = ACTIVATION_FUNCTIONS[k.activation][0]
+        v0, z0 = v, z
+        for t in range(T):
+            torch.lerp(torch.addmm(current[t], z, w), v, k.alpha, out=V[t])
+            Z[t].copy_(phi(V[t]))
+            v, z = V[t], Z[t]
+        ctx.save_for_backward(current, w, v0, z0, Z, V)
+        ctx.k, ctx.plain = k, plain
+        return Z, V
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_v):
+        current, w, v0, z0, Z, V = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _differentiable_backward(ctx.plain, (current, w, v0, z0, ctx.k), (grad_z, grad_v)) + (None,)
+        return _rate_backward(grad_z, grad_v, Z, V, w, z0, ctx.k) + (None, None)
+
+
+def rate_sequence(current, w, state, params, plain, *, cut):
+    """``(z, v)`` of the rate step run from ``state`` on ``current (T, B, n)``; ``plain`` the same map on the
+    plain path."""
+    k = RateConstants(alpha=params.alpha, activation=params.activation, cut=cut)
+    return RateSequence.apply(current, w, state.v, state.z, k, plain)

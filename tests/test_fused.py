@@ -1,0 +1,188 @@
+"""The fused time loop (rnnnotes.fused) against the plain per-step path: same outputs, same gradients (parameters,
+input and initial state), first and second order, for every cell, with and without delays, refractoriness and
+each credit rule; and the rules for when it is taken."""
+import itertools
+
+import pytest
+import torch
+
+from rnnnotes import credit, fused
+from rnnnotes.cells import ALIF, LIF, RateRNN, VanillaRNN
+from rnnnotes.functional import RateState, SpikingState, cut_presynaptic
+from rnnnotes.memory import autograd_saved_bytes
+from rnnnotes.model import Network, Readout
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def spiking_cell(kind, n_ref, n_delay, seed=1):
+    """A small layer driven hard enough to spike often (and to be refractory often)."""
+    cell = (ALIF(5, 4, 5, n_ref=n_ref, n_delay=n_delay, thr=0.05, seed=seed) if kind == "alif"
+            else LIF(5, 9, n_ref=n_ref, n_delay=n_delay, thr=0.05, dt=0.5, seed=seed))
+    with torch.no_grad():
+        cell.w_in.mul_(3.0)
+        cell.w_rec.mul_(2.0)
+    return cell
+
+
+def random_state(cell, batch, dtype, seed=7):
+    """A non-trivial initial state (spike history included) whose differentiable fields require grad."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda width: torch.rand(batch, width, generator=g, dtype=dtype)  # noqa: E731
+    if isinstance(cell, RateRNN):
+        return RateState(v=rand(cell.n).requires_grad_(), z=rand(cell.n).requires_grad_())
+    spikes = lambda width: (rand(width) < 0.3).to(dtype).requires_grad_(width > 0)  # noqa: E731
+    return SpikingState(v=(0.05 * rand(cell.n)).requires_grad_(), z=spikes(cell.n), b=rand(cell.n).requires_grad_(),
+                        ref=torch.zeros(batch, cell.n, dtype=dtype), history=spikes((cell.n_delay - 1) * cell.n))
+
+
+def run(cell, x, state, fast, recurrent=None, checkpoint=None):
+    """Outputs and the gradients of a random linear function of every output w.r.t. input, weights and state."""
+    x = x.clone().requires_grad_()
+    out = cell(x, state, recurrent=recurrent, fast=fast, checkpoint=checkpoint)
+    g = torch.Generator().manual_seed(3)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in out)
+    leaves = [x, *cell.parameters()] + [s for s in (state or ()) if s.requires_grad]
+    return list(out) + list(torch.autograd.grad(loss, leaves, allow_unused=True))
+
+
+def assert_same(plain, fast, dtype):
+    assert len(plain) == len(fast)
+    for i, (a, b) in enumerate(zip(plain, fast)):
+        if a is None or b is None:  # unused by one path: the other's gradient must be zero
+            assert (a if b is None else b).abs().max() == 0 if (a, b) != (None, None) else True, i
+            continue
+        scale = max(1.0, a.abs().max().item())
+        assert (a - b).abs().max().item() <= TOLERANCE[dtype] * scale, i
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind,n_ref,n_delay,cut", list(itertools.product(["alif", "lif"], [0, 2], [1, 3],
+                                                                            [False, True])))
+def test_spiking_fast_equals_plain(kind, n_ref, n_delay, cut, dtype):
+    cell = spiking_cell(kind, n_ref, n_delay).to(dtype)
+    x = (torch.rand(40, 3, 5, generator=torch.Generator().manual_seed(0)) < 0.3).to(dtype)
+    recurrent = cut_presynaptic if cut else None
+    for state in (None, random_state(cell, 3, dtype)):
+        plain, fast = (run(cell, x, state, f, recurrent) for f in (False, True))
+        assert plain[0].sum() > 10  # spikes happen
+        if n_ref:  # and refractoriness blocks some of them
+            assert ((plain[1][:-1] > plain[2][1:]) & (plain[0][1:] == 0)).any()
+        assert_same(plain, fast, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("make,cut", list(itertools.product(
+    [lambda: RateRNN(5, 7, activation="tanh", seed=3), lambda: RateRNN(5, 7, activation="relu", tau=5.0, seed=3),
+     lambda: RateRNN(5, 7, activation="linear", seed=3), lambda: VanillaRNN(5, 7, n_initial=3, seed=4)],
+    [False, True])))
+def test_rate_fast_equals_plain(make, cut, dtype):
+    cell = make().to(dtype)
+    x = torch.randn(30, 3, 5, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    states = (None,) if isinstance(cell, VanillaRNN) else (None, random_state(cell, 3, dtype))
+    for state in states:
+        assert_same(*(run(cell, x, state, f, cut_presynaptic if cut else None) for f in (False, True)), dtype)
+
+
+RULES = [("bptt", {}), ("eprop", {}), ("eprop", {"feedback": "random"}), ("mdgl", {"n_types": 2}),
+         ("modprop", {"mu": 0.5, "n_types": 2}), ("modprop", {"mu": 0.5, "taps": 2})]
+
+
+@pytest.mark.parametrize("name,options", RULES)
+@pytest.mark.parametrize("make", [lambda: RateRNN(4, 6, activation="relu", seed=2),
+                                  lambda: spiking_cell("alif", 2, 1, seed=2)])
+def test_every_credit_rule_gives_the_same_gradients(make, name, options):
+    torch.manual_seed(0)
+    cell = make().double()
+    model = Network(cell, Readout(cell.n, 2, tau_out=3.0, seed=5)).double()
+    rule = credit.make_rule(name, cell, n_out=2, **options)
+    x = (torch.rand(25, 3, 4 if isinstance(cell, RateRNN) else 5) < 0.4).double()
+    results = []
+    for switch in (fused.disabled, lambda: torch.enable_grad()):
+        with switch():
+            out = model(x, rule=rule).out
+            results.append(torch.autograd.grad(out.square().sum(), list(model.parameters()), allow_unused=True))
+    assert_same(*results, torch.float64)
+
+
+@pytest.mark.parametrize("make", [lambda: RateRNN(4, 6, seed=2), lambda: spiking_cell("alif", 2, 3)])
+def test_second_derivatives_are_the_plain_paths(make):
+    """A Hessian-vector product by double backward through the fused path differentiates the plain path."""
+    cell = make().double()
+    x = (torch.rand(20, 2, cell.n_in, generator=torch.Generator().manual_seed(1)) < 0.4).double()
+    v = torch.randn(cell.w_rec.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    products = []
+    for fast in (False, True):
+        out = cell(x, fast=fast)
+        grad, = torch.autograd.grad(out.v.square().sum() + out.z.sum(), cell.w_rec, create_graph=True)
+        products.append(torch.autograd.grad((grad * v).sum(), cell.w_rec))
+    assert products[0][0].abs().max() > 0
+    assert_same(*products, torch.float64)
+
+
+def test_the_fused_path_is_taken_where_it_applies(monkeypatch):
+    cell = spiking_cell("alif", 2, 1)
+    x = torch.rand(6, 2, 5)
+    assert type(cell(x).z.grad_fn).__name__ == "SpikingSequenceBackward"
+    assert type(cell(x, fast=False).z.grad_fn).__name__ == "StackBackward0"
+    assert type(cell(x, recurrent=cut_presynaptic).z.grad_fn).__name__ == "SpikingSequenceBackward"
+    with fused.disabled():
+        assert type(cell(x).z.grad_fn).__name__ == "StackBackward0"
+    monkeypatch.setenv("RNNNOTES_FAST", "0")
+    assert type(cell(x).z.grad_fn).__name__ == "StackBackward0"
+    assert type(cell(x, fast=True).z.grad_fn).__name__ == "SpikingSequenceBackward"
+
+
+def test_unknown_hooks_and_transforms_take_the_plain_path_or_refuse_fast():
+    cell = RateRNN(3, 4, seed=0).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+
+    def hook(state, w_rec):
+        return state.presynaptic @ w_rec
+
+    assert type(cell(x, recurrent=hook).z.grad_fn).__name__ == "StackBackward0"
+    with pytest.raises(ValueError, match="has no fused form"):
+        cell(x, recurrent=hook, fast=True)
+    params = {k: p.detach() for k, p in cell.named_parameters()}
+
+    def loss(p, fast):
+        return torch.func.functional_call(cell, p, (x,), {"fast": fast}).z.square().sum()
+    grads = torch.func.grad(loss)(params, None)  # under a transform the plain path is taken
+    expected = torch.autograd.grad(cell(x).z.square().sum(), [cell.w_in, cell.w_rec])
+    torch.testing.assert_close(grads["w_rec"], expected[1], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="torch.func transform"):
+        torch.func.grad(loss)(params, True)
+
+
+def test_the_fused_path_saves_only_its_outputs():
+    """Autograd keeps (T, B, n) tensors for the outputs, the drive and the refractory mask, not every step's
+    intermediates (about 8 per step on the plain path here)."""
+    cell = spiking_cell("alif", 2, 3)
+    x = torch.rand(100, 8, 5)
+    fast = autograd_saved_bytes(lambda: cell(x, fast=True))[1]
+    plain = autograd_saved_bytes(lambda: cell(x, fast=False))[1]
+    per_tensor = 100 * 8 * cell.n * 4
+    assert fast <= 4.5 * per_tensor + x.numel() * 4 + 10_000
+    assert plain > 1.5 * fast
+
+
+@pytest.mark.parametrize("make", [lambda: RateRNN(5, 7, seed=3), lambda: spiking_cell("alif", 2, 3)])
+def test_checkpointed_chunks_give_the_same_gradients(make):
+    cell = make().double()
+    x = (torch.rand(60, 4, 5, generator=torch.Generator().manual_seed(0)) < 0.3).double()
+    state = random_state(cell, 4, torch.float64)
+    assert_same(run(cell, x, state, False), run(cell, x, state, None, checkpoint=7), torch.float64)
+    with pytest.raises(ValueError, match="checkpoint"):
+        cell(x, fast=True, checkpoint=10)
+    with pytest.raises(ValueError, match="checkpoint"):
+        cell(x, checkpoint=0)
+
+
+def test_checkpointed_chunks_save_less_than_the_plain_path():
+    """The plain spiking path saves about 8 (B, n) tensors per step; chunks keep their outputs and their inputs
+    (the drive, which ``autograd_saved_bytes`` does not see inside a checkpoint: added by hand)."""
+    cell = spiking_cell("alif", 2, 3)
+    x = torch.rand(100, 8, 5)
+    plain = autograd_saved_bytes(lambda: cell(x, fast=False))[1]
+    chunked = autograd_saved_bytes(lambda: cell(x, checkpoint=10))[1] + 100 * 8 * cell.n * 4
+    assert chunked < plain / 1.5
