@@ -1,11 +1,12 @@
 # `make book` and `make test` set everything up on a fresh machine (Python 3.11 and npm present).
+# `make bench` adds the benchmark peers (norse, snntorch) and runs every comparison; BENCH_ARGS=--quick for a short run.
 SHELL := bash
 .SHELLFLAGS := -eo pipefail -c
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup book test clean
+.PHONY: setup book test bench clean
 setup: $(VENV)/.installed book/_vendor/.fetched
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -22,6 +23,10 @@ book: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+bench: setup
+	$(VENV)/bin/pip install -q torch==2.13.0 norse==1.1.0 snntorch==1.0.0 $(PIP_QUIET)
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf book/_build book/notebooks results

@@ -20,7 +20,7 @@ import torch
 from rnnnotes import hessian, numerics
 from rnnnotes.experiments import RowMNISTCurvature
 from rnnnotes.train import fit
-from timing import median_time
+from timing import median_time, row
 
 
 def network(args):
@@ -84,7 +84,7 @@ def pyhessian_to_accuracy(model, batch, reference, accuracy, max_iter, seed):
     raise RuntimeError(f"PyHessian did not reach the accuracy in {max_iter} iterations")
 
 
-def main():
+def options(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--samples", type=int, default=256, help="held-out digits of the evaluation set")
@@ -93,7 +93,12 @@ def main():
     parser.add_argument("--power-iterations", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5, help="timings of one HVP and one gradient (median)")
     parser.add_argument("--seeds", type=int, default=5, help="start vectors per method (counts are averaged)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def measure(args):
+    """The reference eigenvalue; (HVPs, seconds) to ``args.accuracy`` for each start vector of PyHessian and of
+    each of rnnnotes' HVP methods; seconds of one gradient and of one HVP by each method."""
     with numerics.flush_denormal():
         model, batch = network(args)
 
@@ -102,26 +107,62 @@ def main():
         loss_fn, params = hessian.model_loss(model, loss, names=["cell.w_rec"])
         reference = hessian.top_eigenvalues(loss_fn, params, 1, largest_magnitude=True, tol=1e-10,
                                             max_iter=300).item()
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.hidden} units, {args.samples} "
-              f"digits, Hessian w.r.t. W_rec ({args.hidden ** 2} weights); reference |lambda|max {reference:.6g}")
         seeds = range(args.seeds)
         theirs = [pyhessian_to_accuracy(model, batch, reference, args.accuracy, args.power_iterations, s)
                   for s in seeds]
-        theirs_calls, theirs_time = (statistics.mean(column) for column in zip(*theirs))
-        print(f"to {args.accuracy:g} relative, mean over {args.seeds} start vectors: PyHessian power iteration "
-              f"{theirs_calls:.1f} HVPs ({', '.join(str(c) for c, _ in theirs)}) in {theirs_time:.2f} s")
-        for method in hessian.METHODS:
-            ours = [lanczos_to_accuracy(loss_fn, params, reference, args.accuracy, method, s) for s in seeds]
-            calls, seconds = (statistics.mean(column) for column in zip(*ours))
-            print(f"  rnnnotes Lanczos, {method} HVPs: {calls:.1f} HVPs ({', '.join(str(c) for c, _ in ours)}) "
-                  f"in {seconds:.2f} s; ratio to PyHessian: HVPs {calls / theirs_calls:.2f}, "
-                  f"time {seconds / theirs_time:.2f}")
+        ours = {method: [lanczos_to_accuracy(loss_fn, params, reference, args.accuracy, method, s) for s in seeds]
+                for method in hessian.METHODS}
         v = {k: torch.randn_like(p) for k, p in params.items()}
         gradient = median_time(lambda: torch.func.grad(loss_fn)(params), args.repeats)
-        forward = median_time(lambda: hessian.hvp(loss_fn, params, v), args.repeats)
-        backward = median_time(lambda: hessian.hvp(loss_fn, params, v, method="double_backward"), args.repeats)
-        print(f"one gradient {gradient * 1e3:.1f} ms; one HVP forward-over-reverse {forward * 1e3:.1f} ms "
-              f"({forward / gradient:.2f}x), double backward {backward * 1e3:.1f} ms ({backward / gradient:.2f}x)")
+        hvp = {method: median_time(lambda: hessian.hvp(loss_fn, params, v, method=method), args.repeats)
+               for method in hessian.METHODS}
+    return dict(reference=reference, theirs=theirs, ours=ours, gradient=gradient, hvp=hvp)
+
+
+def means(runs):
+    """Mean HVP count and mean seconds over start vectors."""
+    return tuple(statistics.mean(column) for column in zip(*runs))
+
+
+def report(args, m):
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.hidden} units, {args.samples} "
+          f"digits, Hessian w.r.t. W_rec ({args.hidden ** 2} weights); reference |lambda|max {m['reference']:.6g}")
+    theirs_calls, theirs_time = means(m["theirs"])
+    print(f"to {args.accuracy:g} relative, mean over {args.seeds} start vectors: PyHessian power iteration "
+          f"{theirs_calls:.1f} HVPs ({', '.join(str(c) for c, _ in m['theirs'])}) in {theirs_time:.2f} s")
+    for method, ours in m["ours"].items():
+        calls, seconds = means(ours)
+        print(f"  rnnnotes Lanczos, {method} HVPs: {calls:.1f} HVPs ({', '.join(str(c) for c, _ in ours)}) "
+              f"in {seconds:.2f} s; ratio to PyHessian: HVPs {calls / theirs_calls:.2f}, "
+              f"time {seconds / theirs_time:.2f}")
+    print(f"one gradient {m['gradient'] * 1e3:.1f} ms; " + ", ".join(
+        f"one HVP {method} {t * 1e3:.1f} ms ({t / m['gradient']:.2f}x)" for method, t in m["hvp"].items()))
+
+
+def rows(args, m):
+    """Time to the top eigenvalue: rnnnotes' Lanczos (each HVP method) against PyHessian's power iteration."""
+    theirs_calls, theirs_time = means(m["theirs"])
+    setting = f"{args.hidden} units, {args.train_steps} SGD steps, to {args.accuracy:g}, {args.seeds} start vectors"
+    out = []
+    for method, ours in m["ours"].items():
+        calls, seconds = means(ours)
+        note = (f"HVPs {calls:.1f} vs {theirs_calls:.1f}; one HVP {m['hvp'][method] / m['gradient']:.1f}x "
+                f"a gradient")
+        out.append(row(f"Hessian top eigenvalue: Lanczos ({method}) vs PyHessian", setting, "cpu", seconds,
+                       theirs_time, note))
+    return out
+
+
+def run(quick=False):
+    """Comparison rows at the script's defaults (``quick``: 5 SGD steps, 2 start vectors, 40 power iterations)."""
+    quick_options = ["--train-steps", "5", "--seeds", "2", "--repeats", "3", "--power-iterations", "40"]
+    args = options(quick_options if quick else [])
+    return rows(args, measure(args))
+
+
+def main():
+    args = options()
+    report(args, measure(args))
 
 
 if __name__ == "__main__":

@@ -1,86 +1,74 @@
-"""Forward + backward throughput of one recurrent ALIF (LSNN) layer: rnnnotes vs norse's LSNNRecurrent.
+"""Forward + backward of recurrent spiking layers: rnnnotes ALIF and LIF against norse (LSNNRecurrent,
+LIFRecurrent) and snntorch (RLeaky, LIF only), and rnnnotes' fused path against its plain per-op path.
 
-Same sizes, batch, steps, float32 and weights; loss = sum of output spikes, backward to w_in and w_rec.
-Prints timesteps x batch per second for each and the ratio rnnnotes / norse, on CPU and on CUDA when present.
+Same sizes, batch, steps, float32 and weights; loss = sum of output spikes, backward to the input and recurrent
+weights. Prints timesteps x batch per second of each implementation, on CPU and on CUDA when present; the
+like-for-like choices are in ``peers.py``.
 
     .venv/bin/python benchmarks/bench_lsnn.py                        # default sizes
     .venv/bin/python benchmarks/bench_lsnn.py --sizes 80x220x64x200 --profile
 
-Like-for-like choices (neither model can be configured to the other exactly):
-- rnnnotes ALIF(n_in, n_regular=0, n_adaptive=n): norse adapts every neuron; n_ref=0 and n_delay=1 (norse has
-  neither refractoriness nor synaptic delays).
-- norse tau_syn = dt, so its synaptic current is just last step's W x + W_rec z (no extra filter); tau_mem 20 ms,
-  tau_adapt 200 ms, dt 1 ms, v_th = thr = 0.01; norse's jump beta = 1.6 (1 - exp(-dt/tau_a)) matches rnnnotes'
-  threshold jump per spike; surrogate "triangle" with alpha = gamma = 0.3 (the Bellec pseudo-derivative).
-- Remaining differences: norse uses Euler decay and reset-to-zero, rnnnotes exact decay and reset by subtraction;
-  norse's input reaches v one step later; norse projects the input inside the time loop, rnnnotes with one
-  matmul before it.
+A size is ``n_in x n x B x T`` (every rnnnotes ALIF neuron adaptive, as in norse) or ``n_in x n_lif+n_alif x B x
+T`` (rnnnotes' ALIF layer mixes LIF and adaptive neurons; the peers run all n neurons of their kind).
 """
 import argparse
 import hashlib
-import math
 import os
 import pathlib
-import statistics
-import time
 
 import norse
+import snntorch
 import torch
-from norse.torch import LSNNParameters, LSNNRecurrent
 
-from rnnnotes import cells
-from rnnnotes.cells import ALIF
+from peers import Size, passes
+from rnnnotes import cells, numerics
+from timing import device_label, median_times, row
 
-
-def build(n_in, n, device, seed=0):
-    """An rnnnotes ALIF and a norse LSNNRecurrent with the same weights and time constants."""
-    ours = ALIF(n_in, 0, n, tau_m=20.0, tau_a=200.0, beta=1.6, thr=0.01, n_ref=0, dt=1.0, gamma=0.3, n_delay=1,
-                seed=seed)
-    t = torch.as_tensor
-    p = LSNNParameters(tau_syn_inv=t(1 / 1e-3), tau_mem_inv=t(1 / 20e-3), tau_adapt_inv=t(1 / 200e-3), v_leak=t(0.0),
-                       v_th=t(0.01), v_reset=t(0.0), beta=t(1.6 * (1 - math.exp(-1 / 200))), method="triangle",
-                       alpha=0.3)
-    theirs = LSNNRecurrent(n_in, n, p=p, dt=1e-3)
-    g = torch.Generator().manual_seed(seed)  # the benchmark's own weights, whatever either library draws
-    with torch.no_grad():  # norse computes x @ W.T
-        ours.w_in.copy_(torch.randn(n_in, n, generator=g) / math.sqrt(n_in))
-        ours.w_rec.copy_(torch.randn(n, n, generator=g) / math.sqrt(n))
-        theirs.input_weights.copy_(ours.w_in.T)
-        theirs.recurrent_weights.copy_(ours.recurrent_weights().T)
-    return ours.to(device), theirs.to(device)
+SIZES = ["80x120+100x64x400", "80x55+45x16x400", "80x120+100x64x840"]
+QUICK_SIZES = ["80x120+100x64x50"]
+PEERS = {"ALIF": ["norse LSNN"], "LIF": ["norse LIF", "snntorch LIF"]}
 
 
-def runners(ours, theirs, x):
-    def run_ours():
-        ours.zero_grad(set_to_none=True)
-        z = ours(x).z
-        z.sum().backward()
-        return z
-
-    def run_theirs():
-        theirs.zero_grad(set_to_none=True)
-        z, _ = theirs(x)
-        z.sum().backward()
-        return z
-
-    return {"rnnnotes": run_ours, "norse": run_theirs}
+def devices():
+    return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 
 
-def median_seconds(fns, device, warmup, repeats):
-    """Median seconds per call of each function; repeats interleave the functions so load spikes hit all alike."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    sync()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+def measure(size, device, *, warmup, repeats):
+    """Median seconds of one forward + backward and firing rate (Hz at dt = 1 ms) of each implementation."""
+    fns = passes(size, device)
+    rates = {name: fn().mean().item() * 1000 for name, fn in fns.items()}
+    seconds = median_times(fns, repeats, device=device, warmup=warmup)
+    return {name: (seconds[name], rates[name]) for name in fns}
+
+
+def rows(size, device, measured):
+    """Comparison rows: each rnnnotes layer against its peers, and its fused against its plain path."""
+    setting = f"{size} (n_in x n x B x T), {torch.get_num_threads()} threads" if device.type == "cpu" else str(size)
+    out = []
+    for layer, peers in PEERS.items():
+        ours, ours_rate = measured[f"rnnnotes {layer}"]
+        for peer in peers:
+            theirs, their_rate = measured[peer]
+            note = f"rates {ours_rate:.0f} / {their_rate:.0f} Hz"
+            if peer == "snntorch LIF":
+                note += "; snntorch has no adaptive-threshold neuron, so LIF only"
+            elif layer == "ALIF" and size.n_regular:
+                note += f"; norse: all {size.n} neurons adaptive"
+            out.append(row(f"{layer} fwd+bwd vs {peer}", setting, device_label(device), ours, theirs, note))
+        plain = measured[f"rnnnotes {layer} plain"][0]
+        out.append(row(f"{layer} fast vs plain path", setting, device_label(device), ours, plain, ""))
+    return out
+
+
+def run(quick=False):
+    """The comparison rows at the issue's sizes (``quick``: one short size), on CPU and on CUDA when present."""
+    warmup, repeats = (1, 3) if quick else (2, 7)
+    out = []
+    with numerics.flush_denormal(), numerics.reuse_freed_memory():  # as fit does; the peers get the same
+        for device in devices():
+            for size in map(Size.parse, QUICK_SIZES if quick else SIZES):
+                out += rows(size, device, measure(size, device, warmup=warmup, repeats=repeats))
+    return out
 
 
 def profile(fns, device, steps, top):
@@ -99,10 +87,18 @@ def profile(fns, device, steps, top):
         print(events.table(sort_by=sort, row_limit=top, max_name_column_width=45))
 
 
+def print_header(args, device_names):
+    package = pathlib.Path(cells.__file__).parent
+    source_sha = hashlib.sha1(b"".join(p.read_bytes() for p in sorted(package.glob("*.py")))).hexdigest()[:8]
+    print(f"torch {torch.__version__}, norse {getattr(norse, '__version__', '?')}, snntorch {snntorch.__version__}, "
+          f"rnnnotes sources sha1 {source_sha} ({package}), {args.threads} CPU threads (load avg "
+          f"{os.getloadavg()[0]:.1f}), {torch.cuda.get_device_name() if 'cuda' in device_names else 'no GPU'}; "
+          f"median of {args.repeats}; timesteps x batch per second, firing rate in Hz")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["80x220x64x200", "80x100x16x200"],
-                        help="n_in x n x batch x steps, one or more (default: %(default)s)")
+    parser.add_argument("--sizes", nargs="+", default=SIZES, help="one or more (default: %(default)s)")
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads")
     parser.add_argument("--warmup", type=int, default=2)
@@ -111,35 +107,17 @@ def main():
     parser.add_argument("--top", type=int, default=15, help="rows of each profile table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # as rnnnotes' fit does; norse gets the same setting
-    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    package = pathlib.Path(cells.__file__).parent
-    source_sha = hashlib.sha1(b"".join(p.read_bytes() for p in sorted(package.glob("*.py")))).hexdigest()[:8]
-    norse_version = getattr(norse, "__version__", "?")
-    print(f"torch {torch.__version__}, norse {norse_version}, rnnnotes sources sha1 {source_sha} ({package}), "
-          f"{args.threads} CPU threads (load avg {os.getloadavg()[0]:.1f}), "
-          f"{torch.cuda.get_device_name() if 'cuda' in devices else 'no GPU'}; median of {args.repeats}")
-    header = f"{'device':6} {'n_in':>4} {'n':>4} {'batch':>5} {'steps':>5} | {'rnnnotes T*B/s':>14} " \
-             f"{'norse T*B/s':>12} {'ratio':>6} | {'rate ours':>9} {'rate norse':>10}"
-    print(header + "\n" + "-" * len(header))
-    to_profile = []
-    for device in map(torch.device, devices):
-        for i, size in enumerate(args.sizes):
-            n_in, n, batch, steps = map(int, size.split("x"))
-            ours, theirs = build(n_in, n, device)
-            g = torch.Generator().manual_seed(1)
-            x = (torch.rand(steps, batch, n_in, generator=g) < 0.05).float().to(device)  # 50 Hz input spikes
-            fns = runners(ours, theirs, x)
-            rate = {k: fn().mean().item() * 1000 for k, fn in fns.items()}  # Hz at dt = 1 ms
-            seconds = median_seconds(fns, device, args.warmup, args.repeats)
-            speed = {k: steps * batch / t for k, t in seconds.items()}
-            print(f"{device.type:6} {n_in:4d} {n:4d} {batch:5d} {steps:5d} | {speed['rnnnotes']:14.0f} "
-                  f"{speed['norse']:12.0f} {speed['rnnnotes'] / speed['norse']:6.2f} | "
-                  f"{rate['rnnnotes']:7.1f}Hz {rate['norse']:8.1f}Hz", flush=True)
-            if args.profile and i == 0:
-                to_profile.append((fns, device, steps))
-    for fns, device, steps in to_profile:
-        profile(fns, device, steps, args.top)
+    chosen = [torch.device(d) for d in args.devices] if args.devices else devices()
+    print_header(args, [d.type for d in chosen])
+    with numerics.flush_denormal(), numerics.reuse_freed_memory():  # as fit does; the peers get the same
+        for device in chosen:
+            for i, size in enumerate(map(Size.parse, args.sizes)):
+                measured = measure(size, device, warmup=args.warmup, repeats=args.repeats)
+                speeds = ", ".join(f"{name} {size.steps * size.batch / t:.0f} ({rate:.0f} Hz)"
+                                   for name, (t, rate) in measured.items())
+                print(f"{device.type} {size}: {speeds}", flush=True)
+                if args.profile and i == 0:
+                    profile(passes(size, device), device, size.steps, args.top)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import torch
 from rnnnotes import resolve_device
 from rnnnotes.memory import autograd_saved_bytes
 from rnnnotes.plastic import PlasticRNN, bptt_gradient, forward_mode_bytes, forward_mode_gradient
-from timing import median_time
+from timing import device_label, median_time, row
 
 
 def problem(n, steps, dtype, device):
@@ -23,21 +23,40 @@ def problem(n, steps, dtype, device):
     return net, u, torch.randn(1, n, generator=g, dtype=dtype).to(device)
 
 
-def main():
+def options(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[29, 50])
     parser.add_argument("--bptt-sizes", type=int, nargs="+", default=[100, 300, 1000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
-    device = resolve_device(args.device)
-    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; 66 steps, batch 1, float64")
-    print("   N  forward-mode s  BPTT s  speed-up  forward-mode carried MB  BPTT saved MB")
+    return parser.parse_args(argv)
+
+
+def compare(args, device):
+    """Yield ``(N, forward-mode s, BPTT s, BPTT saved bytes)`` for each of ``args.sizes`` (66 steps, float64)."""
     for n in args.sizes:
         net, u, target = problem(n, 66, torch.float64, device)
         forward = median_time(lambda: forward_mode_gradient(net, u, target), args.repeats, device=device)
         bptt = median_time(lambda: bptt_gradient(net, u, target), args.repeats, device=device)
-        saved = autograd_saved_bytes(lambda: bptt_gradient(net, u, target))[1]
+        yield n, forward, bptt, autograd_saved_bytes(lambda: bptt_gradient(net, u, target))[1]
+
+
+def run(quick=False):
+    """Comparison rows: BPTT against the forward-mode gradient (``quick``: N = 29, one repeat)."""
+    args = options(["--sizes", "29", "--repeats", "1"] if quick else [])
+    device = resolve_device(args.device)
+    return [row("Plastic RNN gradient: BPTT vs forward mode", f"N={n}, 66 steps, batch 1, float64",
+                device_label(device), bptt, forward,
+                f"memory: forward mode carries {forward_mode_bytes(n) / 1e6:.1f} MB, BPTT saves {saved / 1e6:.2f} MB")
+            for n, forward, bptt, saved in compare(args, device)]
+
+
+def main():
+    args = options()
+    device = resolve_device(args.device)
+    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; 66 steps, batch 1, float64")
+    print("   N  forward-mode s  BPTT s  speed-up  forward-mode carried MB  BPTT saved MB")
+    for n, forward, bptt, saved in compare(args, device):
         print(f"{n:4d}  {forward:13.3f}  {bptt:6.4f}  {forward / bptt:8.0f}  "
               f"{forward_mode_bytes(n) / 1e6:23.1f}  {saved / 1e6:13.2f}")
     print("BPTT alone, float32, 106 steps:")

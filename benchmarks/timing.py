@@ -5,17 +5,39 @@ import time
 import torch
 
 
-def median_time(fn, repeats, *, device=None, warmup=True):
-    """Median seconds of ``repeats`` calls of ``fn`` (after one untimed call when ``warmup``); on a CUDA ``device``
-    the queue is drained before and after each call."""
+def median_times(fns, repeats, *, device=None, warmup=1):
+    """Median seconds per call of each function in the dict ``fns``, after ``warmup`` untimed calls of each. The
+    repeats interleave the functions, so a burst of other load hits all of them alike; on a CUDA ``device`` the
+    queue is drained before and after each call."""
     sync = torch.cuda.synchronize if device is not None and torch.device(device).type == "cuda" else (lambda: None)
-    if warmup:
-        fn()
-    times = []
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def median_time(fn, repeats, *, device=None, warmup=True):
+    """Median seconds of ``repeats`` calls of ``fn`` (after one untimed call when ``warmup``)."""
+    return median_times({"fn": fn}, repeats, device=device, warmup=int(warmup))["fn"]
+
+
+def row(comparison, setting, device, ours_s, reference_s, note=""):
+    """One result: rnnnotes' and the reference's seconds, and their ratio (reference / rnnnotes: the speed-up;
+    None when either was not measured)."""
+    ratio = reference_s / ours_s if ours_s and reference_s else None
+    return dict(comparison=comparison, setting=setting, device=device, ours_s=ours_s, reference_s=reference_s,
+                ratio=ratio, note=note)
+
+
+def device_label(device):
+    """``cpu``, or ``cuda (<GPU name>)``."""
+    device = torch.device(device)
+    return device.type if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})"

@@ -1,10 +1,14 @@
 """Time-boxed training at the `paper` settings on one device: the LSNN tutorial's store-recall and sequential MNIST.
 
-Prints seconds per training step and the accuracy curve, so the cost of a full `paper` run can be projected:
+Prints seconds per training step, peak GPU memory and the accuracy curve, so the cost of a full `paper` run can
+be projected:
     python benchmarks/train_gpu.py --seconds 120
+    RNNNOTES_FAST=0 python benchmarks/train_gpu.py --seconds 120         # the plain per-step path, for comparison
+    RNNNOTES_CUDA_GRAPHS=0 python benchmarks/train_gpu.py --seconds 120  # the fused loop without CUDA graphs
 Builds the same experiments as notebooks 02 and 03 (`rnnnotes.experiments`), without their results store.
 """
 import argparse
+import os
 import time
 
 import torch
@@ -21,6 +25,9 @@ def train(setup, seconds, *, evaluate, every):
     training = setup._replace(evaluate=evaluate).with_config(eval_every=every, max_seconds=seconds, progress=False)
     history = fit(training).history
     elapsed = time.perf_counter() - start
+    if torch.cuda.is_available():
+        print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB")
+        torch.cuda.reset_peak_memory_stats()
     for row in history.dropna(subset=["eval_accuracy"]).itertuples() if "eval_accuracy" in history else ():
         print(f"  step {row.step:5d}  held-out accuracy {row.eval_accuracy:.4f}")
     return len(history), elapsed
@@ -57,7 +64,8 @@ def main():
     args = parser.parse_args()
     device = default_device()
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), torch "
-          f"{torch.__version__}")
+          f"{torch.__version__}, RNNNOTES_FAST={os.environ.get('RNNNOTES_FAST', '1')}, "
+          f"RNNNOTES_CUDA_GRAPHS={os.environ.get('RNNNOTES_CUDA_GRAPHS', '1')}")
     for run in args.runs.split(","):
         {"smnist": smnist, "storerecall": storerecall}[run](args, device)
 

@@ -61,6 +61,7 @@ class _Recurrent(nn.Module):
         require_positive(n_in=n_in, n=n, gain=gain)
         self.n_in, self.n, self.params = int(n_in), int(n), params
         self.seed = resolve_seed(seed)
+        self._graphs = {}  # CUDA graphs of the fused time loop, by shapes (rnnnotes.fused)
         g = generator(self.seed, "weights")
         self.w_in = nn.Parameter(torch.randn(n_in, n, generator=g) * math.sqrt(gain / n_in))
         self.w_rec = nn.Parameter(_no_self_connections(torch.randn(n, n, generator=g) * math.sqrt(gain / n)))
@@ -109,7 +110,7 @@ class _Recurrent(nn.Module):
             if fast:
                 raise ValueError("checkpoint runs the plain path; the fused path saves only its outputs already")
             return self._chunked(current, w_rec, state, params, recurrent or F.recurrent_input, int(checkpoint))
-        cut = fused.choose(fast, recurrent, (current, w_rec, *state))
+        cut = fused.choose(fast, recurrent, (current, w_rec, *state), vmappable=self.state_type is RateState)
         if cut is None:
             return self._loop(current, w_rec, state, params, recurrent or F.recurrent_input)[0]
         recurrent = F.cut_presynaptic if cut else F.recurrent_input
@@ -184,7 +185,7 @@ class RateRNN(_Recurrent):
         return RateState(v=zeros, z=zeros.clone())
 
     def _fused(self, current, w_rec, state, params, plain, cut):
-        return RateOutput(*fused.rate_sequence(current, w_rec, state, params, plain, cut=cut))
+        return RateOutput(*fused.rate_sequence(current, w_rec, state, params, plain, cut=cut, graphs=self._graphs))
 
     def gains(self, hidden):
         r"""``(phi'(v_k), 0)``: the exact :math:`\partial z_k / \partial v_k` of every unit and step (detached);
@@ -320,7 +321,7 @@ class _SpikingLayer(_Recurrent):
     def _fused(self, current, w_rec, state, params, plain, cut):
         adaptive = isinstance(self.params, ALIFParams)
         return SpikingOutput(*fused.spiking_sequence(current, w_rec, state, params, plain, adaptive=adaptive,
-                                                     cut=cut))
+                                                     cut=cut, graphs=self._graphs))
 
     def gains(self, hidden):
         r"""``(g, 1)``: :math:`g_k = \partial z_k / \partial v_{k-1}` of every neuron and step (detached): the

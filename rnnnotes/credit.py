@@ -222,10 +222,14 @@ def _random_feedback(cell, n_out, seed):
     if n_out is None:
         raise ValueError("random feedback needs n_out")
     matrix = torch.randn(cell.n, n_out, generator=generator(seed, "feedback")) / cell.n ** 0.5
+    return matrix, feedback_readout(matrix)
 
+
+def feedback_readout(matrix):
+    """The readout hook ``psp @ w_out`` whose backward sends the error through the fixed ``matrix (n, n_out)``."""
     def readout(psp, w_out):
         return apply(FeedbackMatmul, psp, w_out, matrix.to(psp.device, psp.dtype))
-    return matrix, readout
+    return readout
 
 
 def make_rule(name, cell=None, *, n_out=None, **options):

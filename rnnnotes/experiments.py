@@ -44,10 +44,16 @@ def train_run(config, *, name="run", device="auto", progress=True):
     finished run with the same key is reused and an interrupted one resumes (see :func:`rnnnotes.train.fit`)."""
     device = resolve_device(device)
     setup = config.build(device)
-    identity = {**asdict(config), "device": str(device), "source": store.source_hash()}
-    run_dir = store.run_dir(config.notebook, identity, name)
+    run_dir = run_directory(config, name, device)
     result = fit(setup.with_config(progress=progress), run_dir=run_dir)
     return Run(setup.model, setup.objective, result.history, result.status, result.message, run_dir)
+
+
+def run_directory(config, name, device):
+    """``results/<config.notebook>/<key>/<name>``, the key hashing the config, the (resolved) device and the
+    package's source."""
+    identity = {**asdict(config), "device": str(device), "source": store.source_hash()}
+    return store.run_dir(config.notebook, identity, name)
 
 
 def deep_r(weights, signs, *, connectivity, l1, temperature=0.0, seed):

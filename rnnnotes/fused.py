@@ -7,18 +7,22 @@ by step and forms the weight gradient as one ``(n x TB) @ (TB x n)`` matmul per 
 use a ring buffer of future currents (``z_t W^{(d)}`` lands in the slot of step ``t + 1 + d``), as LSNN's
 ``i_future_buffer``, instead of copying the spike history every step.
 
-The values are those of the plain path, up to floating-point rounding. The derivatives are the plain path's,
-pseudo-derivative included, and first-order only: Hessians and ``torch.func`` transforms take the plain path
-(:func:`choose` sees the transforms; :func:`disabled` switches the fused path off, as :mod:`rnnnotes.hessian`
-does). ``RNNNOTES_FAST=0`` switches it off everywhere.
+The values and derivatives (pseudo-derivative included) are those of the plain path, up to floating-point
+rounding. A backward pass that is itself differentiated (double backward, as in Hessian-vector products) reruns
+the sequence on the plain path and differentiates that; ``torch.func`` transforms and forward-mode AD take the
+plain path (:func:`choose`). ``fast=False`` on a call, :func:`disabled` around code, or ``RNNNOTES_FAST=0`` in the
+environment switch the fused path off. On CUDA the loops are replayed from CUDA graphs in training (:func:`_run`).
 """
 import contextlib
 import os
+import warnings
 from typing import NamedTuple
 
 import torch
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-from .functional import ACTIVATION_FUNCTIONS, cut_presynaptic, recurrent_input
+from .functional import ACTIVATION_FUNCTIONS, apply, cut_presynaptic, recurrent_input
 
 _switch = {"on": True}
 
@@ -33,19 +37,28 @@ def disabled():
         _switch["on"] = before
 
 
-def choose(fast, recurrent, tensors):
+def _transforms_allow(vmappable):
+    """Whether the active ``torch.func`` transforms (if any) are ones the fused loop supports: none, or only
+    ``vmap`` for a loop that has a batched form."""
+    if not torch._C._are_functorch_transforms_active():
+        return True
+    return vmappable and all(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
+
+
+def choose(fast, recurrent, tensors, *, vmappable=False):
     """``None`` for the plain path, else whether the recurrence is cut (e-prop's ``cut_presynaptic``).
 
     ``fast=None`` picks the fused path unless it is switched off (``RNNNOTES_FAST=0``, :func:`disabled`), a
-    ``torch.func`` transform or forward-mode AD is active, or ``recurrent`` is a hook the fused path does not know;
-    ``fast=True`` raises ``ValueError`` naming the reason instead of falling back; ``fast=False`` is the plain path.
+    ``torch.func`` transform other than ``vmap`` of a ``vmappable`` loop or forward-mode AD is active, or
+    ``recurrent`` is a hook the fused path does not know; ``fast=True`` raises ``ValueError`` naming the reason
+    instead of falling back; ``fast=False`` is the plain path.
     """
     if fast is False:
         return None
     reason = None
     if recurrent not in (None, recurrent_input, cut_presynaptic):
         reason = f"the recurrent hook {getattr(recurrent, '__name__', recurrent)!r} has no fused form"
-    elif torch._C._are_functorch_transforms_active():
+    elif not _transforms_allow(vmappable):
         reason = "a torch.func transform is active"
     elif any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
         reason = "forward-mode AD is active"
@@ -72,6 +85,7 @@ class SpikingConstants(NamedTuple):
     n_delay: int
     adaptive: bool
     cut: bool
+    positive: bool  # thresholds stay positive (thr > 0, beta >= 0, b >= 0), so (v - A) / A > 0 is v > A
 
 
 def _delay_blocks(w_stack, n_delay):
@@ -101,9 +115,7 @@ def _spiking_forward(current, w_stack, v, z, b, ref, presynaptic, beta, k):
     allowed = torch.empty(T, B, n, dtype=torch.bool, device=current.device) if k.n_ref else None
     if not k.adaptive:
         A.fill_(k.thr)
-    thr = torch.tensor(k.thr, dtype=current.dtype, device=current.device)
-    # thresholds stay positive (thr > 0, beta >= 0, b >= 0), so (v - A) / A > 0 is v > A
-    positive = not k.adaptive or bool((b.min() >= 0) & (z.min() >= 0))
+    thr = current.new_full((), k.thr)
     last_spike = ref - (k.n_ref + 1)  # refractory counter as a time: a neuron may spike at t iff <= t - 1 - n_ref
     if k.n_delay > 1:  # slot t mod D holds the recurrent current of step t
         blocks, ring = _delay_blocks(w_stack, k.n_delay), torch.zeros(B, k.n_delay * n, dtype=v.dtype, device=v.device)
@@ -121,11 +133,13 @@ def _spiking_forward(current, w_stack, v, z, b, ref, presynaptic, beta, k):
             drive = current[t] + slot
             slot.zero_()
         torch.lerp(drive, v, k.alpha, out=V[t]).addcmul_(z, a, value=-k.dt)
-        spikes = torch.gt(v, a) if positive else torch.gt((v - a) / a, 0)
+        scaled = (v, a) if k.positive else ((v - a) / a, 0)
         if k.n_ref:
-            spikes &= torch.le(last_spike, t - 1 - k.n_ref, out=allowed[t])
+            spikes = torch.gt(*scaled).logical_and_(torch.le(last_spike, t - 1 - k.n_ref, out=allowed[t]))
             last_spike.masked_fill_(spikes, t)
-        Z[t].copy_(spikes)
+            Z[t].copy_(spikes)
+        else:
+            torch.gt(*scaled, out=Z[t])
         if k.dt != 1.0:
             Z[t].div_(k.dt)
         v, z = V[t], Z[t]
@@ -239,16 +253,18 @@ class SpikingSequence(torch.autograd.Function):
         return drive, grad_w, dv0, dz0, db0, None, dhistory, None, None, None
 
 
-def spiking_sequence(current, w_stack, state, params, plain, *, adaptive, cut):
+def spiking_sequence(current, w_stack, state, params, plain, *, adaptive, cut, graphs=None):
     """``(z, v, threshold)`` of the LSNN step run from ``state`` on ``current (T, B, n)``; ``params`` is an
-    ALIF/LIF params object (``beta`` a per-neuron tensor for ALIF), ``plain`` the same map on the plain path."""
+    ALIF/LIF params object (``beta`` a per-neuron tensor for ALIF), ``plain`` the same map on the plain path,
+    ``graphs`` a dict in which CUDA graphs are kept (:func:`_run`)."""
     n_delay = w_stack.shape[0] // w_stack.shape[1]
+    positive = not adaptive or bool((state.b.min() >= 0) & (state.z.min() >= 0))
     k = SpikingConstants(alpha=params.alpha, rho=params.rho if adaptive else 0.0, thr=float(params.thr),
                          dt=float(params.dt), gamma=float(params.gamma), n_ref=int(params.n_ref), n_delay=n_delay,
-                         adaptive=adaptive, cut=cut)
+                         adaptive=adaptive, cut=cut, positive=positive)
     beta = params.beta.to(current) if adaptive else current.new_zeros(current.shape[-1])
-    return SpikingSequence.apply(current, w_stack, state.v, state.z, state.b, state.ref, state.history, beta, k,
-                                 plain)
+    args = (current, w_stack, state.v, state.z, state.b, state.ref, state.history, beta)
+    return _run(lambda *a: SpikingSequence.apply(*a, k, plain), args, k, graphs)
 
 
 # ------------------------------------------------------------------------------------------------------ rate layer
@@ -266,50 +282,94 @@ def _activation_gain(activation, V, Z):
     return ACTIVATION_FUNCTIONS[activation][1](V)
 
 
+def _matmul_add(c, a, b):
+    """``c + a @ b`` for matrices, or for stacks of them with a leading seed dimension."""
+    return torch.addmm(c, a, b) if b.dim() == 2 else torch.baddbmm(c, a, b)
+
+
 def _rate_backward(grad_z, grad_v, Z, V, w, z0, k):
-    """BPTT through the rate loop: the gradients of the drive ``(T, B, n)``, ``w`` and the initial ``v``, ``z``."""
-    gain = _activation_gain(k.activation, V, Z)
-    drive = torch.empty_like(Z)
-    dv = dz = torch.zeros_like(Z[0])
-    for t in range(Z.shape[0] - 1, -1, -1):
-        g_z = dz if grad_z is None else grad_z[t] + dz
-        g_v = torch.addcmul(dv if grad_v is None else grad_v[t] + dv, gain[t], g_z)
-        torch.mul(g_v, 1.0 - k.alpha, out=drive[t])
+    """BPTT through the rate loop: the gradients of the drive (shaped like ``Z``), ``w`` and the initial ``v``,
+    ``z``. Time is dimension 0, or 1 after a leading seed dimension (``w (S, n, n)``)."""
+    gain, time = _activation_gain(k.activation, V, Z), w.dim() - 2
+    steps = Z.shape[time]
+    G = z0.new_empty((steps,) + z0.shape)  # G[t] = d L / d v_t, time first so that each step is contiguous
+    w_back = (w.transpose(-1, -2) * (1.0 - k.alpha)).contiguous()
+    dv = dz = torch.zeros_like(z0)
+    for t in range(steps - 1, -1, -1):
+        g_z = dz if grad_z is None else grad_z.select(time, t) + dz
+        g_v = torch.addcmul(dv if grad_v is None else grad_v.select(time, t) + dv, gain.select(time, t), g_z,
+                            out=G[t])
         dv = g_v * k.alpha
-        dz = torch.zeros_like(dv) if k.cut else drive[t] @ w.T
-    grad_w = torch.cat([z0.unsqueeze(0), Z[:-1]]).flatten(0, 1).T @ drive.flatten(0, 1)
+        dz = torch.zeros_like(dv) if k.cut else g_v @ w_back
+    drive = G.mul_(1.0 - k.alpha).movedim(0, time)
+    previous = torch.cat([z0.unsqueeze(time), Z.narrow(time, 0, steps - 1)], dim=time)
+    grad_w = previous.flatten(time, time + 1).transpose(-1, -2) @ drive.flatten(time, time + 1)
     return drive, grad_w, dv, dz
 
 
 class RateSequence(torch.autograd.Function):
-    r"""``(Z, V)`` of :func:`rnnnotes.functional.rate_step` over a whole sequence. Backward:
+    r"""``(Z, V)`` of :func:`rnnnotes.functional.rate_step` over a whole sequence ``current (T, B, n)``, or of
+    ``S`` networks at once (``current (S, T, B, n)``, ``w (S, n, n)``: what ``vmap`` over seeds runs). Backward:
     :math:`\delta v_t = g^v_t + \alpha \delta v_{t+1} + \phi'(v_t)(g^z_t + (1-\alpha)\delta v_{t+1} W^T)`."""
 
     @staticmethod
-    def forward(ctx, current, w, v, z, k, plain):
-        ctx.set_materialize_grads(False)
-        T, B, n = current.shape
-        Z, V = current.new_empty(T, B, n), current.new_empty(T, B, n)
+    def forward(current, w, v, z, k, plain):
+        Z, V, time = torch.empty_like(current), torch.empty_like(current), w.dim() - 2
         phi = ACTIVATION_FUNCTIONS[k.activation][0]
-        v0, z0 = v, z
-        for t in range(T):
-            torch.lerp(torch.addmm(current[t], z, w), v, k.alpha, out=V[t])
-            Z[t].copy_(phi(V[t]))
-            v, z = V[t], Z[t]
-        ctx.save_for_backward(current, w, v0, z0, Z, V)
-        ctx.k, ctx.plain = k, plain
+        for t in range(current.shape[time]):
+            v = torch.lerp(_matmul_add(current.select(time, t), z, w), v, k.alpha, out=V.select(time, t))
+            z = Z.select(time, t)
+            z.copy_(phi(v))
         return Z, V
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        current, w, v0, z0, k, plain = inputs
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(current, w, v0, z0, *output)
+        ctx.k, ctx.plain = k, plain
 
     @staticmethod
     def backward(ctx, grad_z, grad_v):
         current, w, v0, z0, Z, V = ctx.saved_tensors
         if torch.is_grad_enabled():
+            if w.dim() == 3:
+                raise NotImplementedError("second derivatives of vmapped seeds: call the cells with fast=False")
             return _differentiable_backward(ctx.plain, (current, w, v0, z0, ctx.k), (grad_z, grad_v)) + (None,)
         return _rate_backward(grad_z, grad_v, Z, V, w, z0, ctx.k) + (None, None)
 
+    @staticmethod
+    def vmap(info, in_dims, current, w, v, z, k, plain):
+        """Seeds under ``vmap``: the seed dimension made the leading one and the batched loop run."""
+        def seeds_first(x, dim):
+            return x.expand(info.batch_size, *x.shape) if dim is None else x.movedim(dim, 0)
+        batched = [seeds_first(x, dim) for x, dim in zip((current, w, v, z), in_dims)]
+        return RateSequence.apply(*batched, k, plain), (0, 0)
 
-def rate_sequence(current, w, state, params, plain, *, cut):
+
+def rate_sequence(current, w, state, params, plain, *, cut, graphs=None):
     """``(z, v)`` of the rate step run from ``state`` on ``current (T, B, n)``; ``plain`` the same map on the
-    plain path."""
+    plain path, ``graphs`` a dict in which CUDA graphs are kept (:func:`_run`)."""
     k = RateConstants(alpha=params.alpha, activation=params.activation, cut=cut)
-    return RateSequence.apply(current, w, state.v, state.z, k, plain)
+    return _run(lambda *a: apply(RateSequence, *a, k, plain), (current, w, state.v, state.z), k, graphs)
+
+
+# ------------------------------------------------------------------------------------------------------ CUDA graphs
+
+def _run(sequence, args, constants, graphs):
+    """``sequence(*args)``; in training on CUDA (unless ``RNNNOTES_CUDA_GRAPHS=0``) replayed from CUDA graphs of its forward
+    and backward loops, captured on the first call with these shapes, dtypes, gradient flags and ``constants``
+    and kept in ``graphs``: a few launches per sequence instead of about twenty per step. Outputs are cloned,
+    since a replay overwrites the graph's own; a capture that fails falls back to the loop with a warning."""
+    training = torch.is_grad_enabled() and any(a.requires_grad for a in args)
+    if graphs is None or not (args[0].is_cuda and training) or os.environ.get("RNNNOTES_CUDA_GRAPHS", "1") == "0":
+        return sequence(*args)
+    key = (constants, tuple((a.shape, a.dtype, a.requires_grad) for a in args))
+    if key not in graphs:
+        samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
+        try:
+            graphs[key] = torch.cuda.make_graphed_callables(sequence, samples, allow_unused_input=True)
+        except RuntimeError as error:
+            warnings.warn(f"CUDA graph capture failed, the fused loop runs without graphs: {error}")
+            graphs[key] = sequence
+    return tuple(o.clone() for o in graphs[key](*args))

@@ -108,10 +108,13 @@ class Objective:
         result = model(batch.x, rule=rule)
         weights = {name: reduce(getattr, name.split("."), model) for name in self.decayed} if self.l2_weight else {}
         loss, task = self.loss(result, batch, weights)
-        z = result.hidden.z
+        return loss, self.metrics(result, batch, loss, task)
+
+    def metrics(self, result, batch, loss, task):
+        """The floats logged for ``(loss, task)`` of :meth:`loss` on ``batch`` (see ``__call__``)."""
         metrics = {"loss": loss.item(), "task_loss": task.item()}
         if batch.loss in CLASSIFICATION:
             metrics["accuracy"] = accuracy(result.out, batch).item()
         if hasattr(result.hidden, "threshold"):
-            metrics["rate_hz"] = firing_rate_hz(z.detach()).mean().item()
-        return loss, metrics
+            metrics["rate_hz"] = firing_rate_hz(result.hidden.z.detach()).mean().item()
+        return metrics

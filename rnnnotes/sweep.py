@@ -1,15 +1,16 @@
 """Sweeps: grids x seeds of notebook executions (``sweep``), or of training configs inside a notebook
-(``train_all``).
+(``train_all``, or ``train_vectorized`` with the seeds of a config as one batched model).
 
 One failure never stops the others; the summary says what ran and what failed. Any
 ``concurrent.futures.Executor`` works (for SLURM, ``submitit.AutoExecutor`` has the same interface).
 """
 import itertools
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 
 import pandas as pd
 
-from . import experiments, profiles, runner, store
+from . import experiments, profiles, runner, seeds, store
 
 
 def grid(axes):
@@ -54,11 +55,15 @@ def summary(outcomes):
     return "\n".join(lines)
 
 
+def _failed(err):
+    return experiments.Run(None, None, pd.DataFrame(), "failed", f"{type(err).__name__}: {err}", None)
+
+
 def _train(key, config, device, progress):
     try:
         return experiments.train_run(config, name=_run_name(key), device=device, progress=progress)
     except Exception as err:  # a crashed run is one failed point, not a failed sweep
-        return experiments.Run(None, None, pd.DataFrame(), "failed", f"{type(err).__name__}: {err}", None)
+        return _failed(err)
 
 
 def _run_name(key):
@@ -74,3 +79,21 @@ def train_all(configs, *, device="auto", executor=None, progress=False):
     with executor:
         futures = {key: executor.submit(_train, key, config, device, progress) for key, config in configs.items()}
         return {key: future.result() for key, future in futures.items()}
+
+
+def train_vectorized(configs, *, device="auto", progress=False):
+    """:func:`train_all` in this process, with the configs that differ only in ``seed`` trained together as one
+    batched model (:func:`rnnnotes.seeds.train_runs`); each run is stored where :func:`train_all` stores it, so
+    either reuses the other's finished runs. A group that raises fails each of its runs; the others go on."""
+    groups = {}
+    for key, config in configs.items():
+        groups.setdefault(replace(config, seed=0), []).append(key)
+    runs = {}
+    for keys in groups.values():
+        try:
+            found = seeds.train_runs([configs[k] for k in keys], names=[_run_name(k) for k in keys], device=device,
+                                     progress=progress)
+        except Exception as err:  # a crashed group is failed points, not a failed sweep
+            found = [_failed(err)] * len(keys)
+        runs.update(zip(keys, found))
+    return {key: runs[key] for key in configs}

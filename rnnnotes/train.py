@@ -149,6 +149,12 @@ def _train_step(t, step, device):
         t.rewiring.step(lr, step)
     if t.scheduler:
         t.scheduler.step()
+    return _log_row(t, step, metrics, lr, flossed), metrics["loss"]
+
+
+def _log_row(t, step, metrics, lr, flossed):
+    """The logged row of step ``step`` (after its update): metrics, learning rate, flossing, DEEP R's active
+    counts, and ``eval_*`` metrics when an evaluation is due."""
     row = {"step": step + 1, **metrics, "lr": lr, **flossed}
     if t.rewiring:
         row.update({f"active_{name}": count for name, count in t.rewiring.active_counts().items()})
@@ -156,7 +162,7 @@ def _train_step(t, step, device):
     if t.evaluate and ((every and (step + 1) % every == 0) or step + 1 == steps):
         with torch.no_grad():
             row.update({f"eval_{k}": v for k, v in t.evaluate(t.model).items()})
-    return row, metrics["loss"]
+    return row
 
 
 def _early_stop(config, rows, started):
@@ -168,7 +174,13 @@ def _early_stop(config, rows, started):
     return None
 
 
+def _diverged(step, loss, config):
+    return (f"stopped at step {step}: loss {loss:.4g} is not finite or above max_loss={config.max_loss:g}; "
+            f"kept the last good checkpoint")
+
+
 @numerics.flush_denormal()
+@numerics.reuse_freed_memory()
 def fit(training, *, run_dir=None):
     """Train a :class:`Training` (see there for what each piece does), with denormals flushed to zero.
 
@@ -189,9 +201,7 @@ def fit(training, *, run_dir=None):
     for step in range(start, config.steps):
         row, loss = _train_step(t, step, device)
         if row is None:
-            status = "diverged"
-            message = (f"stopped at step {step}: loss {loss:.4g} is not finite or above max_loss="
-                       f"{config.max_loss:g}; kept the last good checkpoint")
+            status, message = "diverged", _diverged(step, loss, config)
             print(message)
             break
         rows.append(row)

@@ -186,3 +186,43 @@ def test_checkpointed_chunks_save_less_than_the_plain_path():
     plain = autograd_saved_bytes(lambda: cell(x, fast=False))[1]
     chunked = autograd_saved_bytes(lambda: cell(x, checkpoint=10))[1] + 100 * 8 * cell.n * 4
     assert chunked < plain / 1.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("make", [lambda: RateRNN(5, 7, seed=3), lambda: spiking_cell("alif", 2, 3)])
+def test_cuda_graphs_replay_the_fused_loop(make):
+    """Captured once, replayed with new inputs and weights: the same outputs and gradients as the loop."""
+    cell = make().cuda()
+    for seed in range(3):  # first call captures, the others replay
+        x = (torch.rand(30, 4, 5, generator=torch.Generator().manual_seed(seed)) < 0.3).float().cuda()
+        with torch.no_grad():
+            cell.w_rec.mul_(1.01)
+        assert_same(run(cell, x, None, False), run(cell, x, None, True), torch.float32)
+    assert len(cell._graphs) == 1
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_vmap_over_seeds_runs_the_batched_loop(cut):
+    """``vmap`` over stacked seeds (and over inputs only, shared weights) takes the fused loop's batched form and
+    gives each seed's own outputs and gradients."""
+    cells = [RateRNN(4, 6, activation="relu", tau=5.0, seed=s).double() for s in range(3)]
+    params, buffers = torch.func.stack_module_state(cells)
+    x = torch.randn(3, 20, 2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    recurrent = cut_presynaptic if cut else None
+
+    def one(p, b, xs):
+        return torch.func.functional_call(cells[0], (p, b), (xs,), {"recurrent": recurrent})
+    out = torch.func.vmap(one)(params, buffers, x)
+    assert type(out.z.grad_fn).__name__ == "RateSequenceBackward"
+    grads = torch.autograd.grad((out.z.square().sum() + out.v.sum()), [params["w_rec"], params["w_in"]])
+    for s, cell in enumerate(cells):
+        alone = cell(x[s], fast=False, recurrent=recurrent)
+        expected = torch.autograd.grad(alone.z.square().sum() + alone.v.sum(), [cell.w_rec, cell.w_in])
+        torch.testing.assert_close(out.z[s], alone.z, rtol=0, atol=1e-12)
+        for g, e in zip(grads, expected):
+            torch.testing.assert_close(g[s], e, rtol=0, atol=1e-10)
+    shared = torch.func.vmap(lambda xs: cells[0](xs, recurrent=recurrent).z)(x)  # weights not vmapped
+    grad = torch.autograd.grad(shared.square().sum(), cells[0].w_rec)[0]
+    plain = torch.stack([cells[0](xs, fast=False, recurrent=recurrent).z for xs in x])
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, torch.autograd.grad(plain.square().sum(), cells[0].w_rec)[0], rtol=0, atol=1e-10)

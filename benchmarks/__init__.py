@@ -1,0 +1,1 @@
+"""Benchmarks of rnnnotes against reference implementations; ``python -m benchmarks`` runs them all."""

@@ -1,0 +1,119 @@
+"""Seeds as one batched model: each seed of a group trains exactly as its own run, and is stored as one."""
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from rnnnotes import credit, experiments, sweep
+from rnnnotes.experiments import DelayedXORCredit
+from rnnnotes.seeds import fit_seeds, train_runs
+from rnnnotes.train import fit
+
+SMALL = dict(n_neurons=12, delay_ms=20, cue_ms=10, batch_size=6, n_iterations=4, eval_every=2)
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNNOTES_RESULTS", str(tmp_path))
+    return tmp_path
+
+
+def _float64(training):
+    """``training`` in float64 (model and batches); no evaluation, whose fixed batches stay float32."""
+    training.model.double()
+    task = training.task
+    return training._replace(task=lambda step: replace(task(step), x=task(step).x.double()), evaluate=None)
+
+
+def _trainings(config, seeds, prepare=lambda t: t):
+    return [prepare(replace(config, seed=s).build("cpu")) for s in seeds]
+
+
+def _max_difference(a, b):
+    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+
+
+def _assert_same_runs(alone, together, *, tol):
+    for (t1, r1), (t2, r2) in zip(alone, together):
+        assert r1.status == r2.status
+        pd.testing.assert_frame_equal(r1.history, r2.history, check_exact=False, rtol=0, atol=tol)
+        assert _max_difference(t1.model, t2.model) <= tol
+
+
+def _both(config, seeds, prepare):
+    """Each seed trained alone by ``fit``, and all of them by ``fit_seeds``: two lists of (training, result)."""
+    alone = [(t, fit(t)) for t in _trainings(config, seeds, prepare)]
+    group = _trainings(config, seeds, prepare)
+    return alone, list(zip(group, fit_seeds(group)))
+
+
+@pytest.mark.parametrize("rule", ["bptt", "eprop", "mdgl", "modprop"])
+def test_each_seed_of_a_group_trains_as_it_does_alone_float64(rule):
+    alone, together = _both(DelayedXORCredit(rule=rule, **SMALL), [0, 1, 2], _float64)
+    _assert_same_runs(alone, together, tol=1e-10)
+    (_, first), (_, second) = together[:2]
+    assert (first.history["loss"] - second.history["loss"]).abs().max() > 1e-3, "seeds must not share data"
+    assert _max_difference(together[0][0].model, together[1][0].model) > 1e-3, "nor initial weights"
+
+
+def test_random_feedback_differs_by_seed_and_matches_the_runs_alone():
+    def random_feedback(training):
+        cell = training.model.cell
+        rule = credit.make_rule("eprop", cell, feedback="random", n_out=2, seed=cell.seed)
+        return _float64(training._replace(rule=rule))
+    alone, together = _both(DelayedXORCredit(rule="eprop", **SMALL), [3, 4], random_feedback)
+    assert not torch.equal(together[0][0].rule.feedback, together[1][0].rule.feedback)
+    _assert_same_runs(alone, together, tol=1e-10)
+
+
+def test_float32_with_evaluation_and_clipping_matches_the_runs_alone():
+    def clipped(training):
+        return training.with_config(clip_norm=0.05)
+    alone, together = _both(DelayedXORCredit(rule="modprop", **SMALL), [0, 1], clipped)
+    assert "eval_task_loss" in together[0][1].history
+    _assert_same_runs(alone, together, tol=1e-5)
+
+
+def test_a_diverging_seed_stops_and_keeps_its_weights_while_the_others_train():
+    def blow_up_seed_1(training):
+        if training.model.cell.seed == 1:
+            with torch.no_grad():
+                training.model.readout.b_out[0] = 1e6
+        return _float64(training)
+    config = DelayedXORCredit(rule="bptt", **SMALL)
+    alone, together = _both(config, [0, 1], blow_up_seed_1)
+    _assert_same_runs(alone, together, tol=1e-10)
+    (diverged, result), = together[1:]
+    assert result.status == "diverged" and len(result.history) == 0
+    assert _max_difference(diverged.model, _trainings(config, [1], blow_up_seed_1)[0].model) == 0
+
+
+def test_a_group_resumes_from_checkpoints_and_a_run_alone_from_the_group(results):
+    config = DelayedXORCredit(rule="eprop", **SMALL)
+    names = ["eprop-0", "eprop-1"]
+    dirs = [experiments.run_directory(replace(config, seed=s), name, torch.device("cpu"))
+            for s, name in zip([0, 1], names)]
+    half = [t.with_config(steps=2, checkpoint_every=2) for t in _trainings(config, [0, 1])]
+    fit_seeds(half, run_dirs=dirs)
+    for run_dir in dirs:  # as if interrupted right after the checkpoint of step 2
+        (run_dir / "result.json").unlink()
+    resumed = fit_seeds([_trainings(config, [0])[0]], run_dirs=dirs[:1])[0]
+    alone = fit(_trainings(config, [1])[0], run_dir=dirs[1])
+    for s, result in enumerate([resumed, alone]):
+        reference = fit(_trainings(config, [s])[0])
+        pd.testing.assert_frame_equal(result.history, reference.history, check_exact=False, rtol=0, atol=1e-5)
+    runs = train_runs([replace(config, seed=s) for s in (0, 1)], names=names, progress=False)
+    assert [r.run_dir for r in runs] == dirs, "finished runs are reused from their own directories"
+
+
+def test_train_vectorized_stores_runs_where_train_all_does(results):
+    configs = {(rule, s): DelayedXORCredit(rule=rule, seed=s, **SMALL) for rule in ("bptt", "mdgl") for s in (0, 1)}
+    grouped = sweep.train_vectorized(configs)
+    assert list(grouped) == list(configs) and all(r.status == "finished" for r in grouped.values())
+    one_by_one = sweep.train_all(configs)
+    for key, run in grouped.items():
+        assert one_by_one[key].run_dir == run.run_dir
+        pd.testing.assert_frame_equal(one_by_one[key].history, run.history)  # reused from disk
+    with pytest.raises(ValueError, match="only in seed"):
+        train_runs([DelayedXORCredit(**SMALL), DelayedXORCredit(lr=1e-2, **SMALL)], names=["a", "b"])
