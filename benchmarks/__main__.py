@@ -22,6 +22,7 @@ sys.path.insert(0, str(HERE))  # the comparison modules import their siblings by
 from timing import row  # noqa: E402
 COMPARISONS = {
     "spiking": ("bench_lsnn", "ALIF and LIF forward+backward vs norse and snntorch; fused vs plain path"),
+    "delays": ("bench_delays", "10 synaptic delays vs 1, and BPTT memory, fused vs plain path"),
     "seeds": ("bench_seeds", "S seeds vectorised vs S sequential runs"),
     "hessian": ("bench_hessian", "top Hessian eigenvalue: Lanczos vs PyHessian's power iteration"),
     "lyapunov": ("bench_lyapunov", "Lyapunov spectrum: closed form and batched jvp vs a per-column loop"),

@@ -291,19 +291,19 @@ def _rate_backward(grad_z, grad_v, Z, V, w, z0, k):
     """BPTT through the rate loop: the gradients of the drive (shaped like ``Z``), ``w`` and the initial ``v``,
     ``z``. Time is dimension 0, or 1 after a leading seed dimension (``w (S, n, n)``)."""
     gain, time = _activation_gain(k.activation, V, Z), w.dim() - 2
-    steps = Z.shape[time]
-    G = z0.new_empty((steps,) + z0.shape)  # G[t] = d L / d v_t, time first so that each step is contiguous
+    steps, G = Z.shape[time], torch.empty_like(Z)  # G[t] = d L / d v_t
     w_back = (w.transpose(-1, -2) * (1.0 - k.alpha)).contiguous()
     dv = dz = torch.zeros_like(z0)
     for t in range(steps - 1, -1, -1):
         g_z = dz if grad_z is None else grad_z.select(time, t) + dz
         g_v = torch.addcmul(dv if grad_v is None else grad_v.select(time, t) + dv, gain.select(time, t), g_z,
-                            out=G[t])
+                            out=G.select(time, t))
         dv = g_v * k.alpha
         dz = torch.zeros_like(dv) if k.cut else g_v @ w_back
-    drive = G.mul_(1.0 - k.alpha).movedim(0, time)
-    previous = torch.cat([z0.unsqueeze(time), Z.narrow(time, 0, steps - 1)], dim=time)
-    grad_w = previous.flatten(time, time + 1).transpose(-1, -2) @ drive.flatten(time, time + 1)
+    drive = G.mul_(1.0 - k.alpha)
+    earlier = Z.narrow(time, 0, steps - 1).flatten(time, time + 1).transpose(-1, -2)  # z_{t-1}, t >= 1
+    grad_w = z0.transpose(-1, -2) @ drive.select(time, 0) + earlier @ drive.narrow(time, 1, steps - 1).flatten(
+        time, time + 1)
     return drive, grad_w, dv, dz
 
 
