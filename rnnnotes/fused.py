@@ -1,7 +1,7 @@
 r"""Fused time loops: a whole sequence of a spiking or rate layer as one ``autograd.Function`` with hand-written BPTT.
 
 The plain path (:mod:`rnnnotes.functional`, one autograd node per operation and step) dispatches about 130 ops
-per step and saves every intermediate. Here the forward writes each step straight into the output tensors and
+per step and saves its intermediates. Here the forward writes each step straight into the output tensors and
 saves only them (plus the refractory mask); the backward runs the adjoint recursion of the same equations step
 by step and forms the weight gradient as one ``(n x TB) @ (TB x n)`` matmul per synaptic delay. Synaptic delays
 use a ring buffer of future currents (``z_t W^{(d)}`` lands in the slot of step ``t + 1 + d``), as LSNN's
@@ -9,9 +9,11 @@ use a ring buffer of future currents (``z_t W^{(d)}`` lands in the slot of step 
 
 The values and derivatives (pseudo-derivative included) are those of the plain path, up to floating-point
 rounding. A backward pass that is itself differentiated (double backward, as in Hessian-vector products) reruns
-the sequence on the plain path and differentiates that; ``torch.func`` transforms and forward-mode AD take the
-plain path (:func:`choose`). ``fast=False`` on a call, :func:`disabled` around code, or ``RNNNOTES_FAST=0`` in the
-environment switch the fused path off. On CUDA the loops are replayed from CUDA graphs in training (:func:`_run`).
+the sequence on the plain path and differentiates that. Under ``vmap`` the rate loop runs in a batched form
+(a leading seed dimension: :mod:`rnnnotes.seeds`); other ``torch.func`` transforms, ``vmap`` of a spiking layer
+and forward-mode AD take the plain path (:func:`choose`). ``fast=False`` on a call, :func:`disabled` around
+code, or ``RNNNOTES_FAST=0`` in the environment switch the fused path off. On CUDA the loops are replayed from
+CUDA graphs in training (:func:`_run`).
 """
 import contextlib
 import os
@@ -194,8 +196,9 @@ def _spiking_backward(grads, saved, w_stack, presynaptic, k):
         z_prev = Z[t - 1] if t else z0
         if k.adaptive:  # -d L / d A_t, then d L / d b_t
             minus_d_a = torch.mul(g_z, R[t]).addcmul_(g_v, z_prev, value=k.dt)
-            db = torch.addcmul(db if grads.a is None else torch.addcmul(db, grads.a[t], grads.beta), minus_d_a, grads.beta,
-                               value=-1.0)
+            if grads.a is not None:  # the threshold's own output gradient
+                db = torch.addcmul(db, grads.a[t], grads.beta)
+            db = torch.addcmul(db, minus_d_a, grads.beta, value=-1.0)
             dz = torch.mul(db, 1.0 - k.rho).addcmul_(g_v, A[t], value=-k.dt)
             db.mul_(k.rho)
         else:
@@ -357,12 +360,13 @@ def rate_sequence(current, w, state, params, plain, *, cut, graphs=None):
 # ------------------------------------------------------------------------------------------------------ CUDA graphs
 
 def _run(sequence, args, constants, graphs):
-    """``sequence(*args)``; in training on CUDA (unless ``RNNNOTES_CUDA_GRAPHS=0``) replayed from CUDA graphs of its forward
-    and backward loops, captured on the first call with these shapes, dtypes, gradient flags and ``constants``
-    and kept in ``graphs``: a few launches per sequence instead of about twenty per step. Outputs are cloned,
-    since a replay overwrites the graph's own; a capture that fails falls back to the loop with a warning."""
+    """``sequence(*args)``; in training on CUDA (unless ``RNNNOTES_CUDA_GRAPHS=0`` or under ``vmap``) replayed from
+    CUDA graphs of its forward and backward loops, captured on the first call with these shapes, dtypes, gradient
+    flags and ``constants`` and kept in ``graphs``: one launch per loop instead of about ten per step. Outputs are
+    cloned, since a replay overwrites the graph's own; a capture that fails falls back to the loop with a warning."""
     training = torch.is_grad_enabled() and any(a.requires_grad for a in args)
-    if graphs is None or not (args[0].is_cuda and training) or os.environ.get("RNNNOTES_CUDA_GRAPHS", "1") == "0":
+    if (graphs is None or not (args[0].is_cuda and training) or torch._C._are_functorch_transforms_active()
+            or os.environ.get("RNNNOTES_CUDA_GRAPHS", "1") == "0"):
         return sequence(*args)
     key = (constants, tuple((a.shape, a.dtype, a.requires_grad) for a in args))
     if key not in graphs:
