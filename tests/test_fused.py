@@ -71,6 +71,19 @@ def test_spiking_fast_equals_plain(kind, n_ref, n_delay, cut, dtype):
         assert_same(plain, fast, dtype)
 
 
+@pytest.mark.parametrize("steps", [1, 2, 30])
+def test_alif_with_a_step_other_than_1ms_and_short_sequences(steps):
+    """dt enters the reset, the spike's 1/dt and the pseudo-derivative; one- and two-step sequences exercise the
+    loop's first and last steps and the delay ring's wrap-around."""
+    cell = ALIF(5, 4, 5, n_ref=1, n_delay=4, thr=0.05, dt=2.0, seed=1).double()
+    with torch.no_grad():
+        cell.w_in.mul_(3.0)
+        cell.w_rec.mul_(2.0)
+    x = (torch.rand(steps, 2, 5, generator=torch.Generator().manual_seed(0)) < 0.5).double()
+    state = random_state(cell, 2, torch.float64)
+    assert_same(run(cell, x, state, False), run(cell, x, state, True), torch.float64)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("make,cut", list(itertools.product(
     [lambda: RateRNN(5, 7, activation="tanh", seed=3), lambda: RateRNN(5, 7, activation="relu", tau=5.0, seed=3),
