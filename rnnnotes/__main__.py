@@ -1,4 +1,4 @@
-"""Command line: ``python -m rnnnotes {list, run, book, sweep}``; see ``--help``.
+"""Command line: ``python -m rnnnotes {list, run, book, sweep, results}``; see ``--help``.
 
 Notebooks are read from $RNNNOTES_NOTEBOOKS (default ./notebooks), results go to $RNNNOTES_RESULTS (default
 ./results) and the book's sources are $RNNNOTES_BOOK (default ./book).
@@ -6,7 +6,7 @@ Notebooks are read from $RNNNOTES_NOTEBOOKS (default ./notebooks), results go to
 import argparse
 import sys
 
-from . import profiles, runner, sweep
+from . import archive, profiles, runner, store, sweep
 
 
 def _pairs(items, split_values=False):
@@ -42,11 +42,24 @@ def _book(args):
 def _sweep(args):
     axes = _pairs(args.grid, split_values=True)
     if args.seeds:
-        axes["seed"] = args.seeds.split(",")
-    outcomes = sweep.sweep(args.name, args.profile, axes)
+        axes["seed"] = sweep.seed_list(args.seeds)
+    pool = sweep.executor(args.executor, jobs=args.jobs, partition=args.partition, minutes=args.time,
+                          gpus=args.gpus, mem_gb=args.mem)
+    outcomes = sweep.sweep(args.name, args.profile, axes, executor=pool)
     print(sweep.summary(outcomes))
-    if any(status != "ok" for _, status, _ in outcomes):
+    if any(status == "failed" for _, status, _ in outcomes):
         sys.exit(1)
+
+
+def _results(args):
+    if args.action == "pack":
+        print(f"packed {archive.pack(args.archive)} files of {store.results_root()} into {args.archive}")
+        return
+    manifest = archive.unpack(args.archive)
+    same = manifest["source"] == store.source_hash()
+    print(f"unpacked {manifest['files']} files into {store.results_root()}; their source hash "
+          f"{manifest['source']} {'matches' if same else 'differs from'} this package's {store.source_hash()}"
+          + ("" if same else ": runs keyed by the other source will not be reused"))
 
 
 def main(argv=None):
@@ -61,11 +74,22 @@ def main(argv=None):
     commands.choices["run"].add_argument("-p", "--param", action="append", help="key=value, repeatable")
     commands.choices["run"].add_argument("--output", help="where the executed notebook goes")
     commands.choices["sweep"].add_argument("-g", "--grid", action="append", help="key=v1,v2,..., repeatable")
-    commands.choices["sweep"].add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
+    options = commands.choices["sweep"]
+    options.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
+    options.add_argument("--executor", default="local", help="local (a process pool, default) or slurm (submitit)")
+    options.add_argument("--jobs", type=int, default=2, help="points running at once (default 2)")
+    options.add_argument("--partition", help="SLURM partition")
+    options.add_argument("--time", type=int, help="SLURM time limit per point, minutes")
+    options.add_argument("--gpus", type=int, help="GPUs per point (SLURM)")
+    options.add_argument("--mem", type=int, help="memory per point, GB (SLURM)")
     book = commands.add_parser("book", help="execute all notebooks and build the HTML book")
     book.add_argument("--profile", default="book")
     book.add_argument("--book-dir", help="build in a copy of the book's sources here (default: in place)")
     book.set_defaults(func=_book)
+    results = commands.add_parser("results", help="pack the results directory into an archive, or unpack one")
+    results.add_argument("action", choices=("pack", "unpack"))
+    results.add_argument("archive", help="a .tar.gz file")
+    results.set_defaults(func=_results)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -1,9 +1,10 @@
 """Sweeps: grids x seeds of notebook executions (``sweep``), or of training configs inside a notebook
 (``train_all``, or ``train_vectorized`` with the seeds of a config as one batched model).
 
-One failure never stops the others; the summary says what ran and what failed. Any
-``concurrent.futures.Executor`` works (for SLURM, ``submitit.AutoExecutor`` has the same interface).
+One failure never stops the others; the summary says what ran and what failed. The points go to an executor with
+``submit(fn, *args) -> future`` (:func:`executor`): a local process pool, or SLURM through ``submitit``.
 """
+import contextlib
 import itertools
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -11,6 +12,42 @@ from dataclasses import replace
 import pandas as pd
 
 from . import experiments, profiles, runner, seeds, store
+
+EXECUTORS = ("local", "slurm")
+
+
+def executor(kind="local", *, jobs=2, folder=None, partition=None, minutes=None, gpus=None, mem_gb=None):
+    """An executor for sweep points: ``"local"``, a pool of ``jobs`` processes; ``"slurm"``, ``submitit``'s
+    ``AutoExecutor`` writing its logs to ``folder``: SLURM jobs (``partition``, time limit ``minutes``, ``gpus`` per
+    job, ``mem_gb``; at most ``jobs`` running at once) where SLURM is installed, else submitit's local executor
+    (subprocesses), which is how the SLURM path is tested. Bad input raises ``ParameterError``."""
+    if kind not in EXECUTORS:
+        raise profiles.ParameterError(f"unknown executor {kind!r}; valid executors: {', '.join(EXECUTORS)}")
+    if int(jobs) != jobs or jobs < 1:
+        raise profiles.ParameterError(f"jobs must be a positive integer, got {jobs!r}")
+    options = {"timeout_min": minutes, "gpus_per_node": gpus, "mem_gb": mem_gb, "slurm_partition": partition}
+    if kind == "local":
+        if any(v is not None for v in options.values()):
+            raise profiles.ParameterError("partition, time, gpus and mem are options of --executor slurm")
+        return ProcessPoolExecutor(max_workers=int(jobs))
+    try:
+        import submitit
+    except ImportError:
+        raise profiles.ParameterError("executor 'slurm' needs submitit: .venv/bin/pip install submitit") from None
+    pool = submitit.AutoExecutor(folder=str(folder or store.results_root() / "sweeps" / "submitit"))
+    pool.update_parameters(slurm_array_parallelism=int(jobs), **{k: v for k, v in options.items() if v is not None})
+    return pool
+
+
+def seed_list(text):
+    """``"0,1,2"`` as ``[0, 1, 2]``: non-negative integers, none repeated (``ParameterError`` otherwise)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise profiles.ParameterError(f"seeds must be comma-separated integers, got {text!r}") from None
+    if any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise profiles.ParameterError(f"seeds must be distinct non-negative integers, got {text!r}")
+    return values
 
 
 def grid(axes):
@@ -24,20 +61,31 @@ def _label(point):
 
 
 def _execute(name, profile, point):
+    """Execute one point; its status is ``reused`` (this code finished it before: not executed again), ``done``,
+    ``resumed`` (an earlier execution of it was interrupted or failed; the notebook's runs resume from their
+    checkpoints) or ``failed``."""
     output = store.results_root() / "sweeps" / name / profile / f"{_label(point)}.ipynb"
+    finished, identity = output.with_suffix(".json"), {"point": point, "source": store.source_hash()}
+    if finished.exists() and store.read_json(finished) == identity:
+        return "reused", str(output)
+    status = "resumed" if output.exists() else "done"
     try:
-        return "ok", str(runner.run(name, profile, point, output=output))
+        runner.run(name, profile, point, output=output)
     except runner.NotebookFailed as err:
         return "failed", str(err)
+    store.write_json(finished, identity)
+    return status, str(output)
 
 
 def sweep(name, profile, axes, *, executor=None):
-    """Run ``name`` at ``profile`` for every point of the grid ``axes``; returns ``[(point, status, detail)]``."""
+    """Run ``name`` at ``profile`` for every point of the grid ``axes`` on ``executor`` (default: a pool of two
+    processes); returns ``[(point, status, detail)]`` and writes them to ``sweeps/<name>/<profile>/summary.csv``
+    under the results directory."""
     points = grid(axes)
     for point in points:  # validate every point before anything runs
         profiles.resolve(name, profile, point)
     executor = executor or ProcessPoolExecutor(max_workers=2)
-    with executor:
+    with executor if hasattr(executor, "__enter__") else contextlib.nullcontext():
         futures = [executor.submit(_execute, name, profile, point) for point in points]
         outcomes = []
         for point, future in zip(points, futures):
@@ -45,13 +93,19 @@ def sweep(name, profile, axes, *, executor=None):
                 outcomes.append((point, *future.result()))
             except Exception as err:  # a crashed worker is one failed point, not a failed sweep
                 outcomes.append((point, "failed", f"{type(err).__name__}: {err}"))
+    table = pd.DataFrame([{**point, "status": status, "detail": (detail.strip().splitlines() or [""])[-1]}
+                          for point, status, detail in outcomes])
+    folder = store.results_root() / "sweeps" / name / profile
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / "summary.csv", index=False)
     return outcomes
 
 
 def summary(outcomes):
+    """One line per point (status, point, executed notebook or error), then the count of each status."""
     lines = [f"{status:7s} {_label(point)}  {detail}" for point, status, detail in outcomes]
-    failed = sum(status != "ok" for _, status, _ in outcomes)
-    lines.append(f"{len(outcomes) - failed} ran, {failed} failed")
+    counts = pd.Series([status for _, status, _ in outcomes]).value_counts()
+    lines.append(", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "reused", "resumed", "failed")))
     return "\n".join(lines)
 
 

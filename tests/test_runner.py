@@ -3,6 +3,7 @@ import asyncio
 import json
 import os
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -121,11 +122,60 @@ def test_run_hands_the_results_root_to_the_kernel_not_to_os_environ(failing_note
 
 def test_sweep_runs_every_point_and_survives_a_failure(failing_notebook):
     outcomes = sweep.sweep("98_failing", "smoke", {"x": [1, 2, 3]}, executor=ThreadPoolExecutor(2))
-    assert [(p["x"], status) for p, status, _ in outcomes] == [(1, "ok"), (2, "failed"), (3, "ok")]
-    assert "2 ran, 1 failed" in sweep.summary(outcomes)
+    assert [(p["x"], status) for p, status, _ in outcomes] == [(1, "done"), (2, "failed"), (3, "done")]
+    assert "2 done, 0 reused, 0 resumed, 1 failed" in sweep.summary(outcomes)
     results = failing_notebook / "work" / "results"
     assert (results / "sweeps" / "98_failing" / "smoke" / "x=3.ipynb").exists()
     assert {p.name for p in results.glob("kernel-*.txt")} == {"kernel-1.txt", "kernel-2.txt", "kernel-3.txt"}
+
+
+def test_a_second_sweep_reuses_finished_points_and_resumes_the_others(failing_notebook):
+    """Finished points are not executed again (their kernel's record keeps its time); a point whose execution
+    failed or was interrupted is executed again and reported as resumed."""
+    executor = ThreadPoolExecutor(2)
+    sweep.sweep("98_failing", "smoke", {"x": [1, 2]}, executor=executor)
+    results = failing_notebook / "work" / "results"
+    first = (results / "kernel-1.txt").stat().st_mtime_ns
+    interrupted = results / "sweeps" / "98_failing" / "smoke" / "x=3.ipynb"
+    interrupted.write_text("{}")  # an execution killed before it finished leaves its notebook, not its marker
+    again = sweep.sweep("98_failing", "smoke", {"x": [1, 2, 3]}, executor=ThreadPoolExecutor(2))
+    assert [(p["x"], status) for p, status, _ in again] == [(1, "reused"), (2, "failed"), (3, "resumed")]
+    assert (results / "kernel-1.txt").stat().st_mtime_ns == first
+    assert (results / "kernel-3.txt").exists()
+
+
+def test_sweep_through_submitit_matches_the_process_pool(failing_notebook, monkeypatch):
+    """``executor("slurm")`` without SLURM is submitit's local executor (subprocesses): the same outcomes as the
+    local pool in a fresh results directory, and a summary CSV naming the failure's cause."""
+    pool = sweep.sweep("98_failing", "smoke", {"x": [1, 2, 3]}, executor=sweep.executor("local", jobs=2))
+    monkeypatch.setenv("RNNNOTES_RESULTS", str(failing_notebook / "submitted"))
+    submitted = sweep.sweep("98_failing", "smoke", {"x": [1, 2, 3]},
+                            executor=sweep.executor("slurm", jobs=3, folder=failing_notebook / "submitit"))
+    assert [(p, s) for p, s, _ in submitted] == [(p, s) for p, s, _ in pool] == [
+        ({"x": 1}, "done"), ({"x": 2}, "failed"), ({"x": 3}, "done")]
+    assert {p.name for p in (failing_notebook / "submitted").glob("kernel-*.txt")} == {
+        "kernel-1.txt", "kernel-2.txt", "kernel-3.txt"}
+    rows = (failing_notebook / "submitted" / "sweeps" / "98_failing" / "smoke" / "summary.csv").read_text()
+    assert rows.splitlines()[0] == "x,status,detail"
+    assert rows.splitlines()[2].startswith("2,failed,") and "x must not be 2" in rows.splitlines()[2]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweep", "01_neurons", "--executor", "cloud"], "unknown executor 'cloud'; valid executors: local, slurm"),
+    (["sweep", "01_neurons", "--seeds", "0,1,0"], "seeds must be distinct non-negative integers, got '0,1,0'"),
+    (["sweep", "01_neurons", "--seeds", "-1"], "seeds must be distinct non-negative integers"),
+    (["sweep", "01_neurons", "--jobs", "0"], "jobs must be a positive integer"),
+    (["sweep", "01_neurons", "--partition", "gpu"], "partition, time, gpus and mem are options of --executor slurm"),
+])
+def test_bad_sweep_options_exit_before_anything_runs(args, message):
+    result = cli(*args)
+    assert result.returncode == 2 and message in result.stderr and not result.stdout
+
+
+def test_slurm_without_submitit_is_refused(monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit now raises ImportError
+    with pytest.raises(profiles.ParameterError, match="executor 'slurm' needs submitit"):
+        sweep.executor("slurm")
 
 
 def test_directories_are_settings_with_clear_errors(tmp_path, monkeypatch):
@@ -148,3 +198,17 @@ def test_directories_are_settings_with_clear_errors(tmp_path, monkeypatch):
 def test_the_cli_runs_outside_the_source_tree(tmp_path):
     listed = cli("list", cwd=tmp_path, env={"RNNNOTES_NOTEBOOKS": str(ROOT / "notebooks")})
     assert listed.returncode == 0 and "01_neurons" in listed.stdout, listed.stderr
+
+
+def test_the_pages_workflow_builds_as_make_book_does():
+    """The published book is built by the same command as ``make book``, after the same setup."""
+    import yaml
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\nbook: setup\n", 1)[1].splitlines()[0].strip()
+    assert recipe == "$(PY) -m rnnnotes book --profile book"
+    steps = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())["jobs"]["build"]["steps"]
+    runs = [step.get("run", "") for step in steps]
+    assert "make setup" in runs
+    assert '.venv/bin/python -m rnnnotes book --profile "$PROFILE"' in runs
+    assert any(step.get("uses", "").startswith("actions/upload-pages-artifact") and
+               step["with"]["path"] == "book/_build/html" for step in steps)
