@@ -44,8 +44,8 @@ def reuse_freed_memory():
     """Inside the block glibc's ``malloc`` keeps freed blocks of up to 1 GiB for reuse (mmap threshold 1 GiB, no
     trimming) instead of handing them back to the system. Training allocates the same large activations every
     step, and fresh pages cost a page fault each: two fresh 110 MB tensors took 77 ms to fill, two reused ones
-    15 ms. After the outermost block the thresholds are glibc's defaults (128 KiB) and the free heap is returned. Does
-    nothing without glibc. Usable as a decorator."""
+    15 ms. After the outermost block the thresholds are glibc's defaults (128 KiB) and the free heap is
+    returned. Does nothing without glibc. Usable as a decorator."""
     libc, outermost = _glibc(), not _reusing[0]
     if libc and outermost:
         libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
