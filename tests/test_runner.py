@@ -212,3 +212,11 @@ def test_the_pages_workflow_builds_as_make_book_does():
     assert '.venv/bin/python -m rnnnotes book --profile "$PROFILE"' in runs
     assert any(step.get("uses", "").startswith("actions/upload-pages-artifact") and
                step["with"]["path"] == "book/_build/html" for step in steps)
+
+
+def test_the_reproducing_page_has_a_row_per_notebook():
+    """Every notebook of the profile table has its row of wall times on the Reproducing page."""
+    page = (ROOT / "book" / "reproducing.md").read_text()
+    table = page.split("## What each profile costs", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(" `") for line in table.splitlines() if line.startswith("| `")}
+    assert rows == set(profiles.notebook_names())
