@@ -296,13 +296,13 @@ def _rate_backward(grad_z, grad_v, Z, V, w, z0, k):
     gain, time = _activation_gain(k.activation, V, Z), w.dim() - 2
     steps, G = Z.shape[time], torch.empty_like(Z)  # G[t] = d L / d v_t
     w_back = (w.transpose(-1, -2) * (1.0 - k.alpha)).contiguous()
-    dv = dz = torch.zeros_like(z0)
+    dv = dz = zeros = torch.zeros_like(z0)  # never written in place
     for t in range(steps - 1, -1, -1):
         g_z = dz if grad_z is None else grad_z.select(time, t) + dz
         g_v = torch.addcmul(dv if grad_v is None else grad_v.select(time, t) + dv, gain.select(time, t), g_z,
                             out=G.select(time, t))
         dv = g_v * k.alpha
-        dz = torch.zeros_like(dv) if k.cut else g_v @ w_back
+        dz = zeros if k.cut else g_v @ w_back
     drive = G.mul_(1.0 - k.alpha)
     earlier = Z.narrow(time, 0, steps - 1).flatten(time, time + 1).transpose(-1, -2)  # z_{t-1}, t >= 1
     grad_w = z0.transpose(-1, -2) @ drive.select(time, 0) + earlier @ drive.narrow(time, 1, steps - 1).flatten(
