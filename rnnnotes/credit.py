@@ -14,10 +14,16 @@ Rules (Bellec et al. 2020; Liu et al. 2021, 2022):
   readout, with symmetric (:math:`W_{out}`) or fixed random feedback.
 - ``mdgl``: e-prop plus one recurrent hop of credit through cell-type-averaged weights :math:`W_{ab}`:
   :math:`L_{t,p} = \partial E/\partial z_{t,p} + \sum_j W_{ab}[p, j]\, \psi_{t+1,j} (1-\alpha)\,
-  \partial E/\partial z_{t+1,j}`.
-- ``modprop``: e-prop plus credit through :math:`W_{ab}` over ``taps`` time lags (all lags when ``taps=None``),
-  with the activation derivative of every intermediate neuron replaced by the constant ``mu``; exact derivatives
-  stay where the loss enters and in the eligibility traces.
+  \partial E/\partial z_{t+1,j}`, as the paper states it (Liu et al. 2021; the released code uses the true
+  :math:`W_{rec}` here).
+- ``modprop``: the paper's ModProp (Liu et al. 2022): e-prop plus credit through :math:`W_{mod} = W_{ab}` over
+  ``taps`` time lags (all lags when ``taps=None``), with the activation derivative of every intermediate neuron
+  replaced by the constant ``mu``; exact derivatives stay where the loss enters and in the eligibility traces.
+- ``modprop_true_w``: what the released ModProp code computes (``compute_gradients_with_rewiring_variables_mprop``
+  reads the recurrent weights from before the :math:`W_{ab}` swap): the same recursion with :math:`W_{mod} =
+  W_{rec}`, the true cell-specific weights; for rate cells this is BPTT with :math:`\phi'(v_{t-1})` of every
+  recurrent hop :math:`z_{t-1} W_{rec}` replaced by ``mu``. ``n_types`` is accepted and ignored (not even
+  checked), so one config can name any rule.
 
 The non-local credit is one linear "shadow" recursion of the influence of a neuron's activity on later membrane
 potentials: :math:`\zeta_k = \alpha \zeta_{k-1} + (1-\alpha)\, y_{k-1} W_{mod}` with :math:`y_k = u_k + c_k \odot
@@ -34,7 +40,7 @@ import torch
 from .functional import apply, cut_presynaptic
 from .seeding import generator
 
-RULES = ("bptt", "eprop", "mdgl", "modprop")
+RULES = ("bptt", "eprop", "mdgl", "modprop", "modprop_true_w")
 
 
 class Rule(NamedTuple):
@@ -180,9 +186,9 @@ def fir_propagation(taps, mu):
 def shadow_term(cell, hidden, *, labels, sender, propagate):
     """The zero-valued readout term carrying non-local credit: ``g_k * zeta_{k-lag}`` (module docstring), with the
     cell's own gains (``cell.gains``) and ``W_mod`` the type-averaged recurrent weights (``labels=None``: the true
-    weights, for tests)."""
+    weights, as in ``modprop_true_w``)."""
     if cell.n_delay != 1:
-        raise ValueError(f"mdgl and modprop need n_delay = 1 (credit hops assume one-step synapses), "
+        raise ValueError(f"mdgl and modprop rules need n_delay = 1 (credit hops assume one-step synapses), "
                          f"got n_delay={cell.n_delay}")
     gain, lag = cell.gains(hidden)
     w_rec = cell.recurrent_weights().detach()
@@ -233,9 +239,9 @@ def feedback_readout(matrix):
 
 
 def make_rule(name, cell=None, *, n_out=None, **options):
-    """A training-time credit rule by name (``bptt``, ``eprop``, ``mdgl``, ``modprop``); ``options`` are the
-    fields of :class:`RuleOptions` (``feedback``, ``seed``, ``mu``, ``n_types``, ``taps``). Random feedback needs
-    ``n_out``, the readout's width."""
+    """A training-time credit rule by name (one of :data:`RULES`); ``options`` are the fields of
+    :class:`RuleOptions` (``feedback``, ``seed``, ``mu``, ``n_types``, ``taps``). Random feedback needs ``n_out``,
+    the readout's width."""
     if name not in RULES:
         raise ValueError(f"unknown rule {name!r}; valid rules: {', '.join(RULES)}")
     opts = RuleOptions(**options)
@@ -246,7 +252,7 @@ def make_rule(name, cell=None, *, n_out=None, **options):
     matrix, readout = _random_feedback(cell, n_out, opts.seed) if opts.feedback == "random" else (None, None)
     if name == "eprop":
         return Rule(f"eprop-{opts.feedback}", recurrent=cut_presynaptic, readout=readout, feedback=matrix)
-    labels = type_labels(cell.n, opts.n_types)
+    labels = None if name == "modprop_true_w" else type_labels(cell.n, opts.n_types)
     if name == "mdgl":
         sender, propagate = exact_sender, fir_propagation(1, 0.0)
     else:

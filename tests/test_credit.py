@@ -158,6 +158,82 @@ def test_modprop_limits():
         assert all(torch.equal(a, b) for a, b in zip(eprop, off)), f"{name} with zero modulatory weights"
 
 
+def _positive_relu_net():
+    """A ReLU rate network whose potentials stay positive on ``x`` (every phi' is 1) with non-uniform ``W_rec``."""
+    net = _rate_net(n=6)
+    with torch.no_grad():
+        net.cell.w_in.abs_().add_(0.1)
+        net.cell.w_rec.abs_().mul_(0.5)
+    x = torch.rand(20, 3, 3, generator=torch.Generator().manual_seed(4)) + 0.5
+    assert (net(x).hidden.v > 0).all(), "the test needs phi'(v) = 1 everywhere"
+    return net, x
+
+
+def _mu_hop(mu):
+    """The released ModProp code, written out: autodiff with phi'(v_{t-1}) of every recurrent hop replaced by mu."""
+    def recurrent(state, w_rec):
+        return (state.z.detach() + mu * (state.v - state.v.detach())) @ w_rec
+    return credit.Rule("mu-hop", recurrent=recurrent)
+
+
+def _assert_grads_close(a, b):
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+
+def _differ(a, b):
+    return any((p - q).abs().max() > 1e-6 for p, q in zip(a, b))
+
+
+def test_modprop_true_w_with_mu_1_is_bptt_where_relu_is_linear_and_modprop_is_not():
+    net, x = _positive_relu_net()
+    bptt, _ = _grads(net, x, None)
+    true_w, out = _grads(net, x, credit.make_rule("modprop_true_w", net.cell, mu=1.0, n_types=2))
+    assert torch.equal(out, net(x).out), "a rule must not change forward values"
+    _assert_grads_close(true_w, bptt)
+    w_ab, _ = _grads(net, x, credit.make_rule("modprop", net.cell, mu=1.0, n_types=2))
+    assert _differ(w_ab, bptt), "the paper's ModProp propagates through W_ab, not W_rec"
+
+
+@pytest.mark.parametrize("mu", [0.3, 2.0])
+def test_modprop_true_w_is_autodiff_with_mu_in_every_recurrent_hop(mu):
+    net, x = _positive_relu_net()
+    bptt, _ = _grads(net, x, None)
+    true_w, _ = _grads(net, x, credit.make_rule("modprop_true_w", net.cell, mu=mu))
+    assert _differ(true_w, bptt), "mu != 1 must change the gradient"
+    _assert_grads_close(true_w, _grads(net, x, _mu_hop(mu))[0])
+    mixed = _rate_net()  # potentials of both signs: phi' = 0 or 1, and the hops still see mu
+    x = torch.randn(20, 3, 3, generator=torch.Generator().manual_seed(5))
+    assert (mixed(x).hidden.v < 0).any() and (mixed(x).hidden.v > 0).any()
+    _assert_grads_close(_grads(mixed, x, credit.make_rule("modprop_true_w", mixed.cell, mu=mu))[0],
+                        _grads(mixed, x, _mu_hop(mu))[0])
+
+
+class _SelfConnectedRate(RateRNN):
+    """A rate cell whose W_rec keeps its diagonal, so a constant W_rec is its own type average."""
+
+    def recurrent_weights(self):
+        return self.w_rec
+
+
+@pytest.mark.parametrize("n_types", [1, 6])
+def test_modprop_equals_modprop_true_w_where_w_ab_is_w_rec(n_types):
+    torch.manual_seed(0)
+    net = Network(_SelfConnectedRate(3, 6, activation="relu", tau=5.0, seed=2),
+                  Readout(6, 2, tau_out=4.0, seed=3)).double()
+    if n_types == 1:  # one type, constant blocks; with 6 types (one per neuron) any W_rec is its own average
+        with torch.no_grad():
+            net.cell.w_rec.fill_(0.2)
+    labels = credit.type_labels(6, n_types)
+    w_rec = net.cell.recurrent_weights().detach()
+    assert torch.equal(credit.type_averaged(w_rec, labels), w_rec)
+    x = torch.randn(20, 3, 3, generator=torch.Generator().manual_seed(6))
+    true_w, _ = _grads(net, x, credit.make_rule("modprop_true_w", net.cell, mu=0.5))
+    w_ab, _ = _grads(net, x, credit.make_rule("modprop", net.cell, mu=0.5, n_types=n_types))
+    _assert_grads_close(w_ab, true_w)
+    assert _differ(true_w, _grads(net, x, None)[0]) and _differ(true_w, _grads(net, x, _mu_hop(1.0))[0])
+
+
 def test_type_averaged_weights():
     w = torch.arange(16.0).view(4, 4)
     labels = torch.tensor([0, 0, 1, 1])
@@ -277,6 +353,7 @@ def test_eprop_with_synaptic_delays():
     (dict(name="modprop", mu=0.0), "mu must be a positive number"),
     (dict(name="modprop", mu=-1.0), "mu must be a positive number"),
     (dict(name="modprop", mu=0.5, taps=-1), "taps must be a non-negative integer"),
+    (dict(name="modprop_true_w"), "mu must be a positive number"),
     (dict(name="mdgl", n_types=9), "n_types must be an integer between 1 and the number of neurons"),
     (dict(name="eprop", feedback="random"), "random feedback needs n_out"),
     (dict(name="eprop", feedback="mirror"), "feedback must be"),

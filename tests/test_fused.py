@@ -98,7 +98,8 @@ def test_rate_fast_equals_plain(make, cut, dtype):
 
 
 RULES = [("bptt", {}), ("eprop", {}), ("eprop", {"feedback": "random"}), ("mdgl", {"n_types": 2}),
-         ("modprop", {"mu": 0.5, "n_types": 2}), ("modprop", {"mu": 0.5, "taps": 2})]
+         ("modprop", {"mu": 0.5, "n_types": 2}), ("modprop", {"mu": 0.5, "taps": 2}),
+         ("modprop_true_w", {"mu": 0.5})]
 
 
 @pytest.mark.parametrize("name,options", RULES)
