@@ -1,12 +1,15 @@
 # `make book` and `make test` set everything up on a fresh machine (Python 3.11 and npm present).
+# `make book PROFILE=paper` builds the book from stored runs (`make paper`, or an unpacked archive), training nothing.
 # `make bench` adds the benchmark peers (norse, snntorch) and runs every comparison; BENCH_ARGS=--quick for a short run.
 SHELL := bash
 .SHELLFLAGS := -eo pipefail -c
 VENV := .venv
 PY := $(VENV)/bin/python
+PROFILE := book
+JOBS := 2
 PIP_QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: setup book test bench clean
+.PHONY: setup book paper test bench clean
 setup: $(VENV)/.installed book/_vendor/.fetched
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -19,7 +22,10 @@ book/_vendor/.fetched: book/fetch_assets.sh
 	touch $@
 
 book: setup
-	$(PY) -m rnnnotes book --profile book
+	$(PY) -m rnnnotes book --profile $(PROFILE) --jobs $(JOBS) $(if $(filter paper,$(PROFILE)),--stored)
+
+paper: setup
+	$(PY) -m rnnnotes paper
 
 test: setup
 	$(PY) -m pytest -q

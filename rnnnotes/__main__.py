@@ -1,4 +1,4 @@
-"""Command line: ``python -m rnnnotes {list, run, book, sweep, results}``; see ``--help``.
+"""Command line: ``python -m rnnnotes {list, run, book, sweep, paper, results}``; see ``--help``.
 
 Notebooks are read from $RNNNOTES_NOTEBOOKS (default ./notebooks), results go to $RNNNOTES_RESULTS (default
 ./results) and the book's sources are $RNNNOTES_BOOK (default ./book).
@@ -36,19 +36,37 @@ def _run(args):
 
 
 def _book(args):
-    print(f"book: {runner.build_book(args.profile, book_dir=args.book_dir)}")
+    print(f"book: {runner.build_book(args.profile, book_dir=args.book_dir, stored=args.stored, jobs=args.jobs)}")
+
+
+def _executor_factory(args):
+    sweep.executor(args.executor, jobs=args.jobs, partition=args.partition, minutes=args.time, gpus=args.gpus,
+                   mem_gb=args.mem)  # bad options fail here, before anything starts
+    return lambda: sweep.executor(args.executor, jobs=args.jobs, partition=args.partition, minutes=args.time,
+                                  gpus=args.gpus, mem_gb=args.mem)
+
+
+def _report(outcomes):
+    print(sweep.summary(outcomes))
+    if any(status == "failed" for _, status, _ in outcomes):
+        sys.exit(1)
 
 
 def _sweep(args):
     axes = _pairs(args.grid, split_values=True)
     if args.seeds:
         axes["seed"] = sweep.seed_list(args.seeds)
-    pool = sweep.executor(args.executor, jobs=args.jobs, partition=args.partition, minutes=args.time,
-                          gpus=args.gpus, mem_gb=args.mem)
-    outcomes = sweep.sweep(args.name, args.profile, axes, executor=pool)
-    print(sweep.summary(outcomes))
-    if any(status == "failed" for _, status, _ in outcomes):
-        sys.exit(1)
+    _report(sweep.sweep(args.name, args.profile, axes, executor=_executor_factory(args)()))
+
+
+def _paper(args):
+    names = args.names or profiles.notebook_names()
+    for name in names:
+        profiles.resolve(name, "paper")
+    hours = {name: profiles.PAPER_HOURS.get(name, float("nan")) for name in names}
+    print("paper profile, rough time on one GPU (rnnnotes/profiles.py, PAPER_HOURS): "
+          + ", ".join(f"{name} {h:g} h" for name, h in hours.items()) + f"; about {sum(hours.values()):g} h in all")
+    _report(sweep.paper(names, make_executor=_executor_factory(args)))
 
 
 def _results(args):
@@ -74,17 +92,23 @@ def main(argv=None):
     commands.choices["run"].add_argument("-p", "--param", action="append", help="key=value, repeatable")
     commands.choices["run"].add_argument("--output", help="where the executed notebook goes")
     commands.choices["sweep"].add_argument("-g", "--grid", action="append", help="key=v1,v2,..., repeatable")
-    options = commands.choices["sweep"]
-    options.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
-    options.add_argument("--executor", default="local", help="local (a process pool, default) or slurm (submitit)")
-    options.add_argument("--jobs", type=int, default=2, help="points running at once (default 2)")
-    options.add_argument("--partition", help="SLURM partition")
-    options.add_argument("--time", type=int, help="SLURM time limit per point, minutes")
-    options.add_argument("--gpus", type=int, help="GPUs per point (SLURM)")
-    options.add_argument("--mem", type=int, help="memory per point, GB (SLURM)")
+    commands.choices["sweep"].add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
+    paper = commands.add_parser("paper", help="every notebook at `paper`, seeds as sweep points")
+    paper.add_argument("names", nargs="*", help="notebooks (default: all)")
+    paper.set_defaults(func=_paper)
+    for options in (commands.choices["sweep"], paper):
+        options.add_argument("--executor", default="local", help="local (default) or slurm (submitit)")
+        options.add_argument("--jobs", type=int, default=2, help="points running at once (default 2)")
+        options.add_argument("--partition", help="SLURM partition")
+        options.add_argument("--time", type=int, help="SLURM time limit per point, minutes")
+        options.add_argument("--gpus", type=int, help="GPUs per point (SLURM)")
+        options.add_argument("--mem", type=int, help="memory per point, GB (SLURM)")
     book = commands.add_parser("book", help="execute all notebooks and build the HTML book")
     book.add_argument("--profile", default="book")
     book.add_argument("--book-dir", help="build in a copy of the book's sources here (default: in place)")
+    book.add_argument("--stored", action="store_true",
+                      help="draw every run from the results store, train nothing; list the runs missing")
+    book.add_argument("--jobs", type=int, default=1, help="notebooks executing at once (default 1)")
     book.set_defaults(func=_book)
     results = commands.add_parser("results", help="pack the results directory into an archive, or unpack one")
     results.add_argument("action", choices=("pack", "unpack"))

@@ -96,14 +96,21 @@ class _Recurrent(nn.Module):
         """The params object handed to the step function."""
         return self.params
 
-    def forward(self, x, state=None, *, recurrent=None, fast=None, checkpoint=None):
-        """Run ``x (T, B, n_in)``; ``recurrent(state, w_rec)`` replaces ``recurrent_input`` (credit rules).
-        ``fast``: the fused time loop of :mod:`rnnnotes.fused` where it applies (``None``), always (``True``: an
-        error where it cannot) or never (``False``: the plain per-step path). ``checkpoint=k``: the plain path in
-        chunks of ``k`` steps whose intermediates are recomputed in the backward pass (activation checkpointing)."""
+    def forward(self, x, state=None, *, recurrent=None, fast=None, checkpoint=None, final=False):
+        """Run ``x (T, B, n_in)`` from ``state`` (None: :meth:`initial_state`); ``recurrent(state, w_rec)`` replaces
+        ``recurrent_input`` (credit rules). ``fast``: the fused time loop of :mod:`rnnnotes.fused` where it applies
+        (``None``), always (``True``: an error where it cannot) or never (``False``: the plain per-step path).
+        ``checkpoint=k``: the plain path in chunks of ``k`` steps whose intermediates are recomputed in the backward
+        pass (activation checkpointing). ``final=True`` returns ``(output, state after the last step)`` from the
+        plain path (the fused loops keep no state); input currents still in flight on delayed synapses are not
+        part of a state."""
         require_shape("x", x, (None, None, self.n_in))
         state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype) if state is None else state
         current, w_rec, params = self.input_current(x), self.step_weights(), self.step_params()
+        if final:
+            if fast or checkpoint is not None:
+                raise ValueError("final=True runs the plain path, without fast=True or checkpoint")
+            return self._loop(current, w_rec, state, params, recurrent or F.recurrent_input)
         if checkpoint is not None:
             require_positive(checkpoint=checkpoint)
             require_integer(checkpoint=checkpoint)

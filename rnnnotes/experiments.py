@@ -50,8 +50,7 @@ def train_run(config, *, name="run", device="auto", progress=True):
 
 
 def run_directory(config, name, device):
-    """``results/<config.notebook>/<key>/<name>``, the key hashing the config, the (resolved) device and the
-    package's source."""
+    """``results/<config.notebook>/<key>/<name>``; the key hashes the config, the resolved device and the source."""
     identity = {**asdict(config), "device": str(device), "source": store.source_hash()}
     return store.run_dir(config.notebook, identity, name)
 
@@ -65,8 +64,7 @@ def deep_r(weights, signs, *, connectivity, l1, temperature=0.0, seed):
         for key, w in weights.items():
             w.copy_(sign_constrained_init(*w.shape, signs=signs[key], connectivity=connectivity, generator=g))
     allowed = {"w_rec": ~torch.eye(weights["w_rec"].shape[0], dtype=torch.bool)} if "w_rec" in weights else None
-    return DeepR(weights, signs, connectivity=connectivity, l1=l1, temperature=temperature, seed=seed,
-                 allowed=allowed)
+    return DeepR(weights, signs, connectivity=connectivity, l1=l1, temperature=temperature, seed=seed, allowed=allowed)
 
 
 def _adam_step_decay(model, lr, decay, every):
@@ -76,10 +74,11 @@ def _adam_step_decay(model, lr, decay, every):
 
 @dataclass(frozen=True)
 class StoreRecall:
-    """LSNN store-recall (notebook 02): ``n_regular`` LIF + ``n_adaptive`` ALIF neurons, 100 Poisson channels,
-    leaky readout (tau_out = 20 ms), cross-entropy at the recall windows + rate regulariser; Adam with step decay;
-    early stop once the mean validation accuracy of the last ``stop_window`` validations reaches ``stop_accuracy``;
-    credit rule ``rule`` (BPTT in the tutorial; ``eprop`` for the curvature comparison of notebook 05)."""
+    """LSNN store-recall (notebook 02): ``n_regular`` LIF + ``n_adaptive`` ALIF neurons (0: the LIF control), 100
+    Poisson channels, leaky readout (tau_out = 20 ms), cross-entropy at the recall windows + rate regulariser; Adam
+    with step decay; early stop once the mean validation accuracy of the last ``stop_window`` validations reaches
+    ``stop_accuracy``, checked every ``stop_every`` steps (the tutorial: 20); ``carry_state``: each training batch
+    starts from the state the previous one left (the tutorial does). ``rule``: BPTT; ``eprop`` for notebook 05."""
 
     notebook = "02_store_recall"
     rule: str = "bptt"
@@ -102,6 +101,8 @@ class StoreRecall:
     eval_every: int = 1
     stop_accuracy: float = 0.95
     stop_window: int = 20
+    stop_every: int = 1
+    carry_state: bool = False
 
     def trials(self, stream, *, batch_size=None):
         """Store-recall trials with their symbols from the named data stream (``"train"``, ``"validation"``,
@@ -119,7 +120,8 @@ class StoreRecall:
         task = TaskStream(store_recall, seed=self.seed, n_symbols=self.n_symbols, symbol_ms=self.symbol_ms,
                           batch_size=self.batch_size)
         config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=10,
-                           stop_metric="eval_accuracy", stop_at=self.stop_accuracy, stop_window=self.stop_window)
+                           stop_metric="eval_accuracy", stop_at=self.stop_accuracy, stop_window=self.stop_window,
+                           stop_every=self.stop_every, carry_state=self.carry_state)
         validation = [self.trials("validation")(0).batch]
         return Training(model, task, objective, optimizer, config, scheduler=scheduler,
                         rule=credit.make_rule(self.rule, cell), evaluate=evaluator(objective, validation))
@@ -175,8 +177,7 @@ class SequentialMNIST:
             rec_signs = neuron_signs(n, frac_excitatory=0.75)
             rewiring = deep_r({"w_in": cell.w_in, "w_rec": cell.w_rec, "w_out": model.readout.w_out},
                               {"w_in": in_signs, "w_rec": rec_signs, "w_out": rec_signs},
-                              connectivity=self.connectivity, l1=self.l1, temperature=self.temperature,
-                              seed=self.seed)
+                              connectivity=self.connectivity, l1=self.l1, temperature=self.temperature, seed=self.seed)
         model.to(device)
         objective = Objective(rate_weight=self.rate_weight, target_hz=self.target_hz)
         optimizer, scheduler = _adam_step_decay(model, self.lr, self.lr_decay, self.decay_every)
@@ -270,8 +271,7 @@ class RowMNISTCurvature:
                                 n_types=2)
         objective = Objective(l2_weight=self.l2)
         optimizer = torch.optim.SGD(model.parameters(), lr=self.lr)
-        task = TaskStream(RowMNIST(mnist.train_images, mnist.train_labels, batch_size=self.batch_size),
-                          seed=self.seed)
+        task = TaskStream(RowMNIST(mnist.train_images, mnist.train_labels, batch_size=self.batch_size), seed=self.seed)
         config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=100, progress=False)
         return Training(model, task, objective, optimizer, config, rule=rule,
                         evaluate=curvature_evaluator(objective, self.held_out(mnist)))

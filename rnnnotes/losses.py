@@ -102,10 +102,10 @@ class Objective:
             loss = loss + self.l2_weight * l2_penalty([weights[name] for name in self.decayed])
         return loss, task
 
-    def __call__(self, model, batch, rule=None):
+    def __call__(self, model, batch, rule=None, carry=None):
         """Returns ``(loss, metrics)``; metrics are floats for the log: loss, task_loss, accuracy (class labels
-        only), rate_hz (spiking cells only)."""
-        result = model(batch.x, rule=rule)
+        only), rate_hz (spiking cells only). ``carry``: the state carried across batches (``model.Carry``)."""
+        result = model(batch.x, rule=rule) if carry is None else model(batch.x, rule=rule, carry=carry)
         weights = {name: reduce(getattr, name.split("."), model) for name in self.decayed} if self.l2_weight else {}
         loss, task = self.loss(result, batch, weights)
         return loss, self.metrics(result, batch, loss, task)

@@ -56,6 +56,15 @@ class NetworkOutput(NamedTuple):
     hidden: Any  # the cell's output NamedTuple: z (T, B, n), and v, threshold for spiking cells
 
 
+class Carry:
+    """The cell state one batch leaves for the next (training as the LSNN tutorials run it): a forward pass handed
+    this carry starts from ``state`` (None: the cell's zero state) and leaves its final state here, detached (no
+    gradient flows across batches)."""
+
+    def __init__(self, state=None):
+        self.state = state
+
+
 class Network(nn.Module):
     """``cell`` followed by ``readout``. A credit ``rule`` (training only) swaps how gradients flow, never values."""
 
@@ -65,13 +74,19 @@ class Network(nn.Module):
             raise ValueError(f"readout expects {readout.w_out.shape[0]} neurons, the cell has {cell.n}")
         self.cell, self.readout = cell, readout
 
-    def forward(self, x, *, rule=None):
+    def forward(self, x, *, rule=None, carry=None):
         """Readout of the cell's activity (its ``readout_variable``, ``z`` unless the cell says otherwise);
-        ``rule`` (training only) may add a zero-valued credit term to ``z`` (refused for cells read from elsewhere)."""
+        ``rule`` (training only) may add a zero-valued credit term to ``z`` (refused for cells read from elsewhere);
+        ``carry`` (a :class:`Carry`) holds the initial state and receives the final one (the cell's plain path)."""
         read = getattr(self.cell, "readout_variable", "z")
         if rule and rule.side and read != "z":
             raise ValueError(f"rule {rule.name} sends credit through z, but {type(self.cell).__name__} is read out "
                              f"from {read}")
-        hidden = self.cell(x, recurrent=rule.recurrent if rule else None)
+        recurrent = rule.recurrent if rule else None
+        if carry is None:
+            hidden = self.cell(x, recurrent=recurrent)
+        else:
+            hidden, final = self.cell(x, carry.state, recurrent=recurrent, final=True)
+            carry.state = type(final)(*(s.detach() for s in final))
         z = hidden.z + rule.side(self.cell, hidden) if rule and rule.side else getattr(hidden, read)
         return NetworkOutput(out=self.readout(z, matmul=rule.readout if rule else None), hidden=hidden)

@@ -1,8 +1,12 @@
 """Execute notebooks with papermill at a profile, and build the book from the executed copies."""
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -13,7 +17,12 @@ from . import profiles, store
 
 
 class NotebookFailed(RuntimeError):
-    """A notebook raised; the executed copy with the traceback is kept at ``output``."""
+    """A notebook raised; the executed copy with the traceback is kept at ``output``. ``ename`` is the name of
+    the exception the notebook raised, ``evalue`` its message."""
+
+    def __init__(self, message, ename="", evalue=""):
+        super().__init__(message)
+        self.ename, self.evalue = ename, evalue
 
 
 def book_source():
@@ -35,27 +44,69 @@ def _kernel_manager(env, cwd):
     return KernelManager
 
 
-def run(name, profile="smoke", overrides=None, *, output=None, cell_timeout=None):
+def run(name, profile="smoke", overrides=None, *, output=None, cell_timeout=None, env=None):
     """Execute notebook ``name`` at ``profile`` into ``output`` (default ``results/executed/NAME-PROFILE.ipynb``).
 
     Parameters are validated before a kernel starts; a failing cell raises ``NotebookFailed`` naming the cell.
-    The kernel runs in the notebook's directory with ``RNNNOTES_RESULTS`` set to the resolved results root.
+    The kernel runs in the notebook's directory with ``RNNNOTES_RESULTS`` set to the resolved results root and
+    the variables of ``env`` added (e.g. ``RNNNOTES_RUN_LOG``, ``RNNNOTES_STORED_ONLY``: see :mod:`rnnnotes.store`).
     """
     parameters = profiles.resolve(name, profile, overrides)
     source = profiles.notebook_path(name)
     results = store.results_root().resolve()
     output = Path(output or results / "executed" / f"{name}-{profile}.ipynb").resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
-    kernel = _kernel_manager({**os.environ, "RNNNOTES_RESULTS": str(results)}, str(source.parent))
+    kernel = _kernel_manager({**os.environ, "RNNNOTES_RESULTS": str(results), **(env or {})}, str(source.parent))
     try:
         papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name="python3",
                                    progress_bar=False, execution_timeout=cell_timeout, kernel_manager_class=kernel)
     except papermill.PapermillExecutionError as err:
         first_line = err.source.strip().splitlines()[0] if err.source.strip() else ""
         raise NotebookFailed(f"notebook {name} failed in cell In [{err.exec_count}] ({first_line!r}) with "
-                             f"{err.ename}: {err.evalue}; executed copy with the traceback: {output}") from None
+                             f"{err.ename}: {err.evalue}; executed copy with the traceback: {output}",
+                             err.ename, err.evalue) from None
     _hide_default_parameters(output)
     return output
+
+
+def _die_with_parent():
+    """In a child process (Linux): receive SIGTERM when the parent ends, so no execution outlives its sweep."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass
+
+
+def _failure(name, output, returncode, stderr):
+    """The ``NotebookFailed`` of a child execution: the error the executed copy records, else how it ended."""
+    try:
+        nb = nbformat.read(output, as_version=4)
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    except (OSError, ValueError):
+        errors = []
+    if errors:
+        ename, evalue = errors[-1].ename, errors[-1].evalue
+        return NotebookFailed(f"notebook {name} failed with {ename}: {evalue}; executed copy with the traceback: "
+                              f"{output}", ename, evalue)
+    how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
+    last = (stderr.strip().splitlines() or [""])[-1]
+    return NotebookFailed(f"notebook {name}: its execution {how}" + (f" ({last})" if last else ""))
+
+
+def run_isolated(name, profile="smoke", overrides=None, *, output, env=None):
+    """:func:`run` in a child process ``python -m rnnnotes run`` with its own kernel: killing it fails this
+    execution alone, and it ends when this process ends. Raises ``NotebookFailed`` as :func:`run` does."""
+    values = profiles.resolve(name, profile, overrides)  # refused here, before a process starts
+    declared = profiles.declared_parameters(name)
+    args = [sys.executable, "-m", "rnnnotes", "run", name, "--profile", profile, "--output", str(output)]
+    for key in overrides or {}:
+        args += ["-p", f"{key}={values[key] if isinstance(declared[key], str) else repr(values[key])}"]
+    child_env = {**os.environ, "RNNNOTES_RESULTS": str(store.results_root().resolve()),
+                 "RNNNOTES_NOTEBOOKS": str(profiles.notebook_dir().resolve()), **(env or {})}
+    done = subprocess.run(args, env=child_env, capture_output=True, text=True, preexec_fn=_die_with_parent)
+    if done.returncode:
+        raise _failure(name, output, done.returncode, done.stderr)
+    return Path(output)
 
 
 def _hide_default_parameters(path):
@@ -78,12 +129,52 @@ def fetch_book_assets(book_dir):
     return vendor
 
 
-def build_book(profile="book", *, book_dir=None, names=None):
-    """Execute every notebook at ``profile`` into ``book_dir/notebooks`` and build the HTML with ``-W``.
+def _execute_for_book(name, profile, output, stored, threads):
+    """Execute one notebook of the book; with ``stored``, training is forbidden in its kernel (a missing run
+    raises ``MissingRun`` there) and its run log is checked: every run must have been read from the store."""
+    env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+    if not stored:
+        return run_isolated(name, profile, output=output, env=env)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "runs.jsonl"
+        run_isolated(name, profile, output=output,
+                     env={**env, "RNNNOTES_STORED_ONLY": "1", "RNNNOTES_RUN_LOG": str(log)})
+        trained = [entry["run"] for entry in store.read_run_log(log) if entry["trained"]]
+    if trained:
+        raise NotebookFailed(f"notebook {name} trained during a stored-results build: {', '.join(trained)}")
+    return output
 
-    ``book_dir`` defaults to :func:`book_source` (built in place); another directory gets a copy of the sources.
-    All notebooks run even when one fails; the failures are reported together. Returns ``index.html``.
-    """
+
+def execute_all(names, profile, folder, *, stored=False, jobs=1):
+    """Execute ``names`` at ``profile`` into ``folder/NAME.ipynb``, ``jobs`` at a time, each in its own process
+    (:func:`run_isolated`; with ``jobs > 1`` each gets ``cpu_count // jobs`` threads); all run even when one
+    fails, and the failures are reported together, the runs missing from the store (``stored=True``) listed apart.
+    Returns the executed paths."""
+    if int(jobs) != jobs or jobs < 1:
+        raise profiles.ParameterError(f"jobs must be a positive integer, got {jobs!r}")
+    threads = max(1, (os.cpu_count() or 1) // int(jobs)) if jobs > 1 else None
+    with ThreadPoolExecutor(max_workers=int(jobs)) as pool:
+        futures = {name: pool.submit(_execute_for_book, name, profile, Path(folder) / f"{name}.ipynb", stored,
+                                     threads) for name in names}
+        failures, missing = [], []
+        for name, future in futures.items():
+            try:
+                future.result()
+            except NotebookFailed as err:
+                (missing if err.ename == "MissingRun" else failures).append(f"{name}: {err.evalue or err}")
+    if missing:
+        failures.insert(0, "runs missing from the store (run `make paper`, or unpack an archive of them with "
+                           "`python -m rnnnotes results unpack`):\n  " + "\n  ".join(missing))
+    if failures:
+        raise NotebookFailed("\n".join(failures))
+    return [Path(folder) / f"{name}.ipynb" for name in names]
+
+
+def build_book(profile="book", *, book_dir=None, names=None, stored=False, jobs=1):
+    """Execute every notebook at ``profile`` into ``book_dir/notebooks`` (:func:`execute_all`) and build the
+    HTML with ``-W``. ``book_dir`` defaults to :func:`book_source` (built in place); another directory gets a copy
+    of the sources. ``stored=True`` draws every run from the results store and trains nothing. Returns
+    ``index.html``."""
     source = book_source().resolve()
     if not (source / "_toc.yml").is_file():
         raise profiles.ParameterError(f"book directory {source} has no _toc.yml; run from the repository root or "
@@ -92,14 +183,7 @@ def build_book(profile="book", *, book_dir=None, names=None):
     if book_dir != source:
         shutil.copytree(source, book_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("_build", "notebooks"))
     fetch_book_assets(book_dir)
-    failures = []
-    for name in names or profiles.notebook_names():
-        try:
-            run(name, profile, output=book_dir / "notebooks" / f"{name}.ipynb")
-        except NotebookFailed as err:
-            failures.append(str(err))
-    if failures:
-        raise NotebookFailed("; ".join(failures))
+    execute_all(names or profiles.notebook_names(), profile, book_dir / "notebooks", stored=stored, jobs=jobs)
     subprocess.run(["jupyter-book", "build", "--warningiserror", "--keep-going", str(book_dir)], check=True,
                    env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     return book_dir / "_build" / "html" / "index.html"

@@ -168,7 +168,7 @@ def _seed_view(group, s):
 def _checkpoint(group, s, step, rows):
     """Seed ``s``'s checkpoint in ``fit``'s layout, its weights copied out of the stacked tensors."""
     view = _seed_view(group, s)
-    return {**_state(step, rows, view), "model": {k: v.clone() for k, v in view.model.state_dict().items()}}
+    return {**_state(step, rows, view, None), "model": {k: v.clone() for k, v in view.model.state_dict().items()}}
 
 
 def _unstacked(model):
@@ -185,7 +185,7 @@ def _train_group(trainings, run_dirs, checkpoints):
     start, rows = 0, [[] for _ in trainings]
     for s, checkpoint in enumerate(checkpoints):
         if checkpoint is not None:
-            start, rows[s] = _restore(checkpoint, _seed_view(group, s))
+            start, rows[s] = _restore(checkpoint, _seed_view(group, s), None)
     status, messages, live = ["finished"] * n, [f"finished {config.steps} steps"] * n, list(range(n))
     bar = tqdm(total=config.steps, initial=start, disable=not config.progress, desc=f"training {n} seeds")
     started = time.perf_counter()
@@ -217,13 +217,16 @@ def fit_seeds(trainings, *, run_dirs=None):
     """:func:`rnnnotes.train.fit` of each of ``trainings`` (the seeds of one config, built, not trained) as one
     batched model; a ``FitResult`` per training. With ``run_dirs`` (one per training) finished runs are reused
     and the others resume from their checkpoints; seeds checkpointed at different steps train as separate
-    groups."""
+    groups. A state carried across batches (``carry_state``) is not supported here."""
+    if any(t.config.carry_state for t in trainings):
+        raise ValueError("carry_state: vectorised seeds start every batch from the zero state; train with fit")
     run_dirs = list(run_dirs or [None] * len(trainings))
     results, pending = [None] * len(trainings), {}
     for s, (t, run_dir) in enumerate(zip(trainings, run_dirs)):
         if run_dir and (run_dir / "result.json").exists():
             results[s] = _reuse(run_dir, t.model)
             continue
+        store.require_training_allowed(run_dir)
         path = run_dir / "checkpoint.pt" if run_dir else None
         checkpoint = store.load_torch(path) if path and path.exists() else None
         pending.setdefault(checkpoint["step"] if checkpoint else 0, []).append((s, checkpoint))

@@ -31,3 +31,19 @@ def final_table(runs, metrics, *, fraction=0.25):
                         **{f"{m} sem": values[:, k].std() / np.sqrt(len(values)) for k, m in enumerate(metrics)},
                         "runs": len(values)}
     return pd.DataFrame.from_dict(table, orient="index")
+
+
+def original_curve(frame, *, window=15):
+    """ModProp's plot of the runs ``frame`` (step x seed, as :func:`curves` gives): each run smoothed by a moving
+    mean over ``window`` evaluations (full windows only, each point at its window's last step), the run with the
+    largest and then the one with the smallest area under its smoothed curve dropped (when at least three), and
+    the mean and standard deviation (ddof = 1) of the rest. Returns a DataFrame (step x [mean, std, runs])."""
+    if window < 1 or int(window) != window:
+        raise ValueError(f"window must be a positive integer, got {window!r}")
+    smoothed = frame.rolling(int(window), min_periods=int(window)).mean().dropna(how="all")
+    if smoothed.shape[1] >= 3:
+        area = smoothed.sum()
+        smoothed = smoothed.drop(columns=[area.idxmax()])
+        smoothed = smoothed.drop(columns=[smoothed.sum().idxmin()])
+    return pd.DataFrame({"mean": smoothed.mean(axis=1), "std": smoothed.std(axis=1, ddof=1),
+                         "runs": smoothed.notna().sum(axis=1)})

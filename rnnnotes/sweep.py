@@ -2,11 +2,16 @@
 (``train_all``, or ``train_vectorized`` with the seeds of a config as one batched model).
 
 One failure never stops the others; the summary says what ran and what failed. The points go to an executor with
-``submit(fn, *args) -> future`` (:func:`executor`): a local process pool, or SLURM through ``submitit``.
+``submit(fn, *args) -> future`` (:func:`executor`): a local pool, or SLURM through ``submitit``. Locally each point
+is its own process (:func:`rnnnotes.runner.run_isolated`: ``python -m rnnnotes run`` and its kernel) and the pool's
+threads only wait on them: killing one point's process fails that point alone, and a killed sweep takes its points
+with it.
 """
 import contextlib
 import itertools
-from concurrent.futures import ProcessPoolExecutor
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from dataclasses import replace
 
 import pandas as pd
@@ -17,10 +22,11 @@ EXECUTORS = ("local", "slurm")
 
 
 def executor(kind="local", *, jobs=2, folder=None, partition=None, minutes=None, gpus=None, mem_gb=None):
-    """An executor for sweep points: ``"local"``, a pool of ``jobs`` processes; ``"slurm"``, ``submitit``'s
-    ``AutoExecutor`` writing its logs to ``folder``: SLURM jobs (``partition``, time limit ``minutes``, ``gpus`` per
-    job, ``mem_gb``; at most ``jobs`` running at once) where SLURM is installed, else submitit's local executor
-    (subprocesses), which is how the SLURM path is tested. Bad input raises ``ParameterError``."""
+    """An executor for sweep points: ``"local"``, ``jobs`` points at once, each in its own kernel process;
+    ``"slurm"``, ``submitit``'s ``AutoExecutor`` writing its logs to ``folder``: SLURM jobs (``partition``, time
+    limit ``minutes``, ``gpus`` per job, ``mem_gb``; at most ``jobs`` running at once) where SLURM is installed,
+    else submitit's local executor (subprocesses), which is how the SLURM path is tested. Bad input raises
+    ``ParameterError``."""
     if kind not in EXECUTORS:
         raise profiles.ParameterError(f"unknown executor {kind!r}; valid executors: {', '.join(EXECUTORS)}")
     if int(jobs) != jobs or jobs < 1:
@@ -29,7 +35,7 @@ def executor(kind="local", *, jobs=2, folder=None, partition=None, minutes=None,
     if kind == "local":
         if any(v is not None for v in options.values()):
             raise profiles.ParameterError("partition, time, gpus and mem are options of --executor slurm")
-        return ProcessPoolExecutor(max_workers=int(jobs))
+        return ThreadPoolExecutor(max_workers=int(jobs))
     try:
         import submitit
     except ImportError:
@@ -57,34 +63,46 @@ def grid(axes):
 
 
 def _label(point):
-    return ",".join(f"{k}={v}" for k, v in point.items()) or "defaults"
+    """``key=value`` pairs in key order, so a point's name does not depend on the order of the grid's axes."""
+    return ",".join(f"{k}={point[k]}" for k in sorted(point)) or "defaults"
 
 
 def _execute(name, profile, point):
     """Execute one point; its status is ``reused`` (this code finished it before: not executed again), ``done``,
     ``resumed`` (an earlier execution of it was interrupted or failed; the notebook's runs resume from their
-    checkpoints) or ``failed``."""
+    checkpoints) or ``failed`` (the notebook raised, or one of its training runs diverged: the cause is named)."""
     output = store.results_root() / "sweeps" / name / profile / f"{_label(point)}.ipynb"
     finished, identity = output.with_suffix(".json"), {"point": point, "source": store.source_hash()}
     if finished.exists() and store.read_json(finished) == identity:
         return "reused", str(output)
     status = "resumed" if output.exists() else "done"
-    try:
-        runner.run(name, profile, point, output=output)
-    except runner.NotebookFailed as err:
-        return "failed", str(err)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "runs.jsonl"
+        try:
+            runner.run_isolated(name, profile, point, output=output, env={"RNNNOTES_RUN_LOG": str(log)})
+        except runner.NotebookFailed as err:
+            return "failed", str(err)
+        diverged = [f"run {Path(e['run']).name} diverged: {e['message']}" for e in store.read_run_log(log)
+                    if e["status"] == "diverged"]
+    if diverged:
+        return "failed", "; ".join(diverged)
     store.write_json(finished, identity)
     return status, str(output)
 
 
 def sweep(name, profile, axes, *, executor=None):
-    """Run ``name`` at ``profile`` for every point of the grid ``axes`` on ``executor`` (default: a pool of two
-    processes); returns ``[(point, status, detail)]`` and writes them to ``sweeps/<name>/<profile>/summary.csv``
-    under the results directory."""
-    points = grid(axes)
-    for point in points:  # validate every point before anything runs
-        profiles.resolve(name, profile, point)
-    executor = executor or ProcessPoolExecutor(max_workers=2)
+    """Run ``name`` at ``profile`` for every point of the grid ``axes`` on ``executor`` (default: two points at
+    once); returns ``[(point, status, detail)]`` and writes them to ``sweeps/<name>/<profile>/summary.csv`` under
+    the results directory. With a ``seed`` axis, the notebook's seed counts (:func:`profiles.seed_counts`) are 1
+    unless the grid sets them: a point is one seed, and the notebook run afterwards at its full counts draws its
+    mean +/- sem from the points' stored runs."""
+    if "seed" in axes:
+        axes = {**{key: [1] for key in profiles.seed_counts(name)}, **axes}
+    points = []
+    for point in grid(axes):  # validate and type every point before anything runs
+        values = profiles.resolve(name, profile, point)
+        points.append({key: values[key] for key in point})
+    executor = executor or ThreadPoolExecutor(max_workers=2)
     with executor if hasattr(executor, "__enter__") else contextlib.nullcontext():
         futures = [executor.submit(_execute, name, profile, point) for point in points]
         outcomes = []
@@ -98,6 +116,23 @@ def sweep(name, profile, axes, *, executor=None):
     folder = store.results_root() / "sweeps" / name / profile
     folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(folder / "summary.csv", index=False)
+    return outcomes
+
+
+def paper(names=None, *, make_executor=executor):
+    """``make paper``: every notebook of ``names`` (default all) at ``paper``; a notebook with seed counts first
+    as a sweep of one point per seed on ``make_executor()`` (a fresh one per notebook), then once at its full
+    counts, drawing every run from the store. Returns ``[(point, status, detail)]``, the point naming the
+    notebook."""
+    outcomes = []
+    for name in names or profiles.notebook_names():
+        counts = profiles.seed_counts(name)
+        if counts:
+            values = profiles.resolve(name, "paper")
+            seeds = list(range(values["seed"], values["seed"] + max(values[c] for c in counts)))
+            points = sweep(name, "paper", {"seed": seeds}, executor=make_executor())
+            outcomes += [({"notebook": name, **p}, status, detail) for p, status, detail in points]
+        outcomes.append(({"notebook": name}, *_execute(name, "paper", {})))
     return outcomes
 
 
@@ -116,6 +151,8 @@ def _failed(err):
 def _train(key, config, device, progress):
     try:
         return experiments.train_run(config, name=_run_name(key), device=device, progress=progress)
+    except store.MissingRun:  # training is forbidden (a book from stored results): not a failed run
+        raise
     except Exception as err:  # a crashed run is one failed point, not a failed sweep
         return _failed(err)
 
@@ -147,6 +184,8 @@ def train_vectorized(configs, *, device="auto", progress=False):
         try:
             found = seeds.train_runs([configs[k] for k in keys], names=[_run_name(k) for k in keys], device=device,
                                      progress=progress)
+        except store.MissingRun:
+            raise
         except Exception as err:  # a crashed group is failed points, not a failed sweep
             found = [_failed(err)] * len(keys)
         runs.update(zip(keys, found))

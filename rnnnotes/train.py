@@ -9,7 +9,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import numerics, store
-from .checks import require_nonnegative, require_positive
+from .checks import require_integer, require_nonnegative, require_positive
+from .model import Carry
 
 
 @dataclass(frozen=True)
@@ -17,9 +18,11 @@ class FitConfig:
     """``steps`` gradient steps; ``evaluate`` every ``eval_every`` steps (0: at the end only); a checkpoint every
     ``checkpoint_every`` steps; a loss that is not finite or exceeds ``max_loss`` stops the run. With
     ``stop_metric``, training ends early once the mean of its last ``stop_window`` logged values reaches
-    ``stop_at`` (the LSNN tutorial stops when the recall error over 20 validations is below 5 %). ``max_seconds``
-    (> 0) ends a call of ``fit`` after that much wall-clock time (a time-boxed run; 0: no limit). ``clip_norm``
-    (> 0) clips the gradient norm of each parameter tensor separately before the task step (0: no clipping)."""
+    ``stop_at``, checked after every ``stop_every``-th step (the LSNN tutorial checks every 20 iterations whether
+    the recall error over the last 20 validations is below 5 %). ``max_seconds`` (> 0) ends a call of ``fit``
+    after that much wall-clock time (a time-boxed run; 0: no limit). ``clip_norm`` (> 0) clips the gradient norm
+    of each parameter tensor separately before the task step (0: no clipping). ``carry_state``: each batch starts
+    from the state the previous one left, detached (:class:`~rnnnotes.model.Carry`; the LSNN tutorials do)."""
 
     steps: int
     eval_every: int = 0
@@ -29,18 +32,26 @@ class FitConfig:
     stop_metric: str = ""
     stop_at: float = 1.0
     stop_window: int = 1
+    stop_every: int = 1
     max_seconds: float = 0.0
     clip_norm: float = 0.0
+    carry_state: bool = False
 
     def __post_init__(self):
         require_positive(steps=self.steps, checkpoint_every=self.checkpoint_every, max_loss=self.max_loss,
-                         stop_window=self.stop_window)
+                         stop_window=self.stop_window, stop_every=self.stop_every)
+        require_integer(stop_window=self.stop_window, stop_every=self.stop_every)
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
         require_nonnegative(max_seconds=self.max_seconds, clip_norm=self.clip_norm)
+        if not isinstance(self.carry_state, bool):
+            raise ValueError(f"carry_state must be True or False, got {self.carry_state!r}")
 
     def reached(self, rows):
-        """Whether the early-stopping target is met by the logged ``rows``."""
+        """Whether the early-stopping target is met by the logged ``rows`` (checked when the last row's step is a
+        multiple of ``stop_every``)."""
+        if rows[-1]["step"] % self.stop_every:
+            return False
         values = [r[self.stop_metric] for r in rows if self.stop_metric in r][-self.stop_window:]
         return len(values) == self.stop_window and sum(values) / len(values) >= self.stop_at
 
@@ -69,10 +80,10 @@ def evaluator(objective, batches):
 
 class Training(NamedTuple):
     """Everything one run trains with: ``model`` on batches ``task(step)``, minimising
-    ``objective(model, batch, rule) -> (loss, metrics)`` with ``optimizer`` (and ``scheduler``) for
+    ``objective(model, batch, rule[, carry]) -> (loss, metrics)`` with ``optimizer`` (and ``scheduler``) for
     ``config.steps`` steps; ``rule`` changes how credit flows (never the forward values), ``rewiring`` (DEEP R)
     acts around each optimizer step, ``flossing`` (:class:`~rnnnotes.flossing.Flossing`) runs its due steps before
-    each task step, ``evaluate(model) -> dict`` is called without a rule."""
+    each task step, ``evaluate(model) -> dict`` is called without a rule (and from the zero state)."""
 
     model: Any
     task: Any
@@ -90,14 +101,15 @@ class Training(NamedTuple):
         return self._replace(config=replace(self.config, **changes))
 
 
-def _state(step, rows, t):
+def _state(step, rows, t, carry):
     return {"step": step, "rows": rows, "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
             "scheduler": t.scheduler.state_dict() if t.scheduler else None,
             "rewiring": t.rewiring.state_dict() if t.rewiring else None,
-            "flossing": t.flossing.state_dict() if t.flossing else None}
+            "flossing": t.flossing.state_dict() if t.flossing else None,
+            "carry": carry.state if carry else None}
 
 
-def _restore(ckpt, t):
+def _restore(ckpt, t, carry):
     t.model.load_state_dict(ckpt["model"])
     t.optimizer.load_state_dict(ckpt["optimizer"])
     if t.scheduler:
@@ -106,6 +118,8 @@ def _restore(ckpt, t):
         t.rewiring.load_state_dict(ckpt["rewiring"])
     if t.flossing:
         t.flossing.load_state_dict(ckpt["flossing"])
+    if carry:
+        carry.state = ckpt["carry"]
     return ckpt["step"], ckpt["rows"]
 
 
@@ -113,6 +127,7 @@ def _reuse(run_dir, model):
     result = store.read_json(run_dir / "result.json")
     if result["status"] == "finished":
         model.load_state_dict(store.load_torch(run_dir / "model.pt"))
+    store.log_run(run_dir, result["status"], result["message"], trained=False)
     return FitResult(pd.read_csv(run_dir / "metrics.csv"), result["status"], result["message"])
 
 
@@ -123,20 +138,21 @@ def _finish(run_dir, rows, status, message, model):
         if status == "finished":
             store.save_torch(run_dir / "model.pt", model.state_dict())
         store.write_json(run_dir / "result.json", {"status": status, "message": message, "steps": len(rows)})
+    store.log_run(run_dir, status, message, trained=True)
     return FitResult(history, status, message)
 
 
-def _train_step(t, step, device):
+def _train_step(t, step, device, carry):
     """One step: flossing when due, ``rewiring.before_step()``, backward, per-tensor clipping, ``optimizer.step()``,
     ``rewiring.step(lr, step)``, ``scheduler.step()``, evaluation when due. Returns ``(row, loss)``; ``row`` is
-    None (nothing updated) when the loss is not finite or above ``max_loss``."""
+    None (nothing updated) when the loss is not finite or above ``max_loss``. ``carry``: the state carried in."""
     flossed = t.flossing.before_step(step) if t.flossing else {}
     batch = to_device(t.task(step), device)
     lr = t.optimizer.param_groups[0]["lr"]
     if t.rewiring:
         t.rewiring.before_step()
     t.optimizer.zero_grad(set_to_none=True)
-    loss, metrics = t.objective(t.model, batch, t.rule)
+    loss, metrics = t.objective(t.model, batch, t.rule, **({"carry": carry} if carry else {}))
     if not math.isfinite(metrics["loss"]) or metrics["loss"] > t.config.max_loss:
         return None, metrics["loss"]
     loss.backward()
@@ -191,15 +207,16 @@ def fit(training, *, run_dir=None):
     t, config = training, training.config
     if run_dir and (run_dir / "result.json").exists():
         return _reuse(run_dir, t.model)
-    start, rows = 0, []
+    store.require_training_allowed(run_dir)
+    start, rows, carry = 0, [], Carry() if config.carry_state else None
     if run_dir and (run_dir / "checkpoint.pt").exists():
-        start, rows = _restore(store.load_torch(run_dir / "checkpoint.pt"), t)
+        start, rows = _restore(store.load_torch(run_dir / "checkpoint.pt"), t, carry)
     device = next(t.model.parameters()).device
     bar = tqdm(total=config.steps, initial=start, disable=not config.progress, desc="training")
     status, message = "finished", f"finished {config.steps} steps"
     started = time.perf_counter()
     for step in range(start, config.steps):
-        row, loss = _train_step(t, step, device)
+        row, loss = _train_step(t, step, device, carry)
         if row is None:
             status, message = "diverged", _diverged(step, loss, config)
             print(message)
@@ -208,7 +225,7 @@ def fit(training, *, run_dir=None):
         bar.update()
         bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("loss", "accuracy", "rate_hz")})
         if run_dir and (step + 1) % config.checkpoint_every == 0:
-            store.save_torch(run_dir / "checkpoint.pt", _state(step + 1, rows, t))
+            store.save_torch(run_dir / "checkpoint.pt", _state(step + 1, rows, t, carry))
         stop = _early_stop(config, rows, started)
         if stop:
             message = stop

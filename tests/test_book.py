@@ -7,6 +7,7 @@ import nbformat
 import pytest
 
 from rnnnotes import profiles, runner
+from conftest import cli
 
 
 def test_book_builds(built_book):
@@ -24,6 +25,15 @@ def test_notebook_executes_at_smoke(built_book, name):
     assert not nb.metadata.papermill.exception, f"{name} raised; see {executed}"
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+
+
+def test_a_book_from_stored_results_trains_nothing(built_book, tmp_path):
+    """After the smoke build stored its runs, the book builds again as ``make book PROFILE=paper`` builds it
+    (``--stored``): every notebook finds its training runs and analyses in the store, and nothing trains (each
+    kernel's run log is checked by the runner; a run missing from the store would fail the build)."""
+    assert built_book[1].returncode == 0
+    result = cli("book", "--profile", "smoke", "--stored", "--jobs", "2", "--book-dir", str(tmp_path / "book"))
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_toc_lists_every_notebook():

@@ -89,6 +89,25 @@ def test_step_is_one_exact_recurrence():
     torch.testing.assert_close(z, ((state.v - A_ref) / A_ref > 0).double(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("make", [lambda: ALIF(3, 3, 3, tau_a=50.0, thr=0.02, n_ref=2, n_delay=4, seed=2),
+                                  lambda: RateRNN(3, 5, seed=2)])
+def test_final_state_continues_the_sequence(make):
+    """Two halves, the second from the first's final state, are the whole sequence (no input in flight on a
+    delayed synapse at the cut: the first half ends with silent input)."""
+    cell = make().double()
+    x = (torch.rand(40, 2, 3, generator=torch.Generator().manual_seed(0)) < 0.3).double()
+    x[16:20] = 0.0
+    whole, last = cell(x, final=True)
+    first, state = cell(x[:20], final=True)
+    second, end = cell(x[20:], state, final=True)
+    for a, b, c in zip(whole, first, second):
+        assert torch.equal(a, torch.cat([b, c]))
+    assert all(torch.equal(a, b) for a, b in zip(last, end))
+    assert torch.equal(whole.z, cell(x, fast=False).z) and whole.z.sum() > 0
+    with pytest.raises(ValueError, match="final"):
+        cell(x, fast=True, final=True)
+
+
 def test_pseudo_derivative_formula():
     cell = ALIF(1, 2, 2, gamma=0.3, n_ref=2).double()
     state = cell.initial_state(50, dtype=torch.float64)

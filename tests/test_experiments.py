@@ -46,6 +46,7 @@ def test_source_hash_changes_with_any_module(tmp_path, monkeypatch):
 def test_builders_assemble_their_pieces():
     setup = DelayedXORCredit(rule="modprop", mu=0.5, **TINY).build("cpu")
     assert setup.rule.name == "modprop" and setup.rewiring is not None and setup.config.steps == 2
+    assert DelayedXORCredit(rule="modprop_true_w", **TINY).build("cpu").rule.name == "modprop_true_w"
     signs = setup.rewiring.state_dict()["signs"]["w_rec"]
     w = setup.model.cell.w_rec.detach()
     assert torch.all(w * signs >= 0), "DEEP R's init keeps Dale's signs"
@@ -110,3 +111,34 @@ def test_curvature_run_stores_the_dense_hessians_top_eigenvalue(results):
         names=["cell.w_rec"])
     with_l2 = hessian.dense_hessian(loss_fn, params)
     torch.testing.assert_close(with_l2, hessian.dense_hessian(task_only, params) + 0.01 * torch.eye(25).double())
+
+
+def test_store_recall_lif_control_and_the_tutorials_protocol_options():
+    control = StoreRecall(n_regular=20, n_adaptive=0, n_symbols=4, symbol_ms=20, n_delay=1)
+    setup = control.build("cpu")
+    cell = setup.model.cell
+    assert cell.n == 20 and cell.n_adaptive == 0 and torch.all(cell.beta == 0)
+    with torch.no_grad():
+        hidden = setup.model(control.trials("train")(0).batch.x).hidden
+    assert hidden.z.sum() > 0 and torch.all(hidden.threshold == cell.params.thr), "no neuron adapts"
+    assert setup.config.stop_every == 1 and not setup.config.carry_state
+    tutorial = StoreRecall(stop_every=20, carry_state=True).build("cpu").config
+    assert tutorial.stop_every == 20 and tutorial.carry_state
+    for bad, name in ((dict(stop_every=0), "stop_every"), (dict(carry_state=1), "carry_state"),
+                      (dict(n_adaptive=-1), "n_adaptive")):
+        with pytest.raises(ValueError, match=name):
+            StoreRecall(**bad).build("cpu")
+
+
+def test_original_curve_smooths_drops_the_worst_and_best_run_and_averages_by_hand():
+    """ModProp's plot: moving mean over full windows, the largest- then the smallest-area run dropped."""
+    frame = pd.DataFrame({"a": [1.0] * 5, "b": [3.0] * 5, "c": [0.0] * 5, "d": [2.0, 2, 2, 2, 4]},
+                         index=[20, 40, 60, 80, 100])
+    curve = summary.original_curve(frame, window=2)
+    assert curve.index.tolist() == [40, 60, 80, 100]
+    assert curve["mean"].tolist() == [1.5, 1.5, 1.5, 2.0] and curve["runs"].tolist() == [2] * 4
+    assert np.allclose(curve["std"], [2 ** -0.5] * 3 + [2 ** 0.5])
+    two = summary.original_curve(frame[["a", "b"]], window=1)  # fewer than three runs: none dropped
+    assert two["mean"].tolist() == [2.0] * 5
+    with pytest.raises(ValueError, match="window must be a positive integer"):
+        summary.original_curve(frame, window=0)

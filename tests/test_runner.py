@@ -198,13 +198,23 @@ def test_the_pages_workflow_builds_as_make_book_does():
     import yaml
     makefile = (ROOT / "Makefile").read_text()
     recipe = makefile.split("\nbook: setup\n", 1)[1].splitlines()[0].strip()
-    assert recipe == "$(PY) -m rnnnotes book --profile book"
+    assert recipe == ("$(PY) -m rnnnotes book --profile $(PROFILE) --jobs $(JOBS) "
+                      "$(if $(filter paper,$(PROFILE)),--stored)")
+    assert "\nPROFILE := book\n" in makefile
     steps = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())["jobs"]["build"]["steps"]
     runs = [step.get("run", "") for step in steps]
     assert "make setup" in runs
-    assert '.venv/bin/python -m rnnnotes book --profile "$PROFILE"' in runs
+    assert 'make book PROFILE="$PROFILE"' in runs
     assert any(step.get("uses", "").startswith("actions/upload-pages-artifact") and
                step["with"]["path"] == "book/_build/html" for step in steps)
+
+
+def test_the_reproducing_page_lists_the_settings_of_the_profile_table():
+    """The settings table on the Reproducing page is the profile table's, as ``profiles.settings_markdown`` writes it
+    (regenerate the page's table with it after changing a profile)."""
+    page = (ROOT / "book" / "reproducing.md").read_text()
+    assert profiles.settings_markdown() in page
+    assert "`n_seeds=8`" in profiles.settings_markdown().split("`04_credit_assignment`")[1].split("\n")[0]
 
 
 def test_the_reproducing_page_has_a_row_per_notebook():

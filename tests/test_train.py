@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from rnnnotes import store
+from rnnnotes import fused, store
 from rnnnotes.cells import ALIF
 from rnnnotes.losses import Objective
-from rnnnotes.model import Network, Readout
+from rnnnotes.model import Network, NetworkOutput, Readout
 from rnnnotes.tasks import TaskStream, delayed_xor
 from rnnnotes.train import FitConfig, Training, evaluator, fit
 
@@ -110,7 +110,10 @@ def test_evaluation_columns_and_learning(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, name", [({"steps": 0}, "steps"), ({"steps": 5, "checkpoint_every": 0},
-                                          "checkpoint_every"), ({"steps": 5, "eval_every": -1}, "eval_every")])
+                                          "checkpoint_every"), ({"steps": 5, "eval_every": -1}, "eval_every"),
+                                          ({"steps": 5, "stop_every": 0}, "stop_every"),
+                                          ({"steps": 5, "stop_every": 2.5}, "stop_every"),
+                                          ({"steps": 5, "carry_state": "yes"}, "carry_state")])
 def test_bad_config_is_named(kwargs, name):
     with pytest.raises(ValueError, match=name):
         FitConfig(**kwargs)
@@ -129,3 +132,70 @@ def test_time_budget_ends_the_run():
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     result = fit(Training(model, task, Objective(), opt, FitConfig(steps=10_000, progress=False, max_seconds=0.5)))
     assert 0 < len(result.history) < 10_000 and "time budget" in result.message
+
+
+def test_stop_rule_is_checked_every_stop_every_steps():
+    model, task, _ = _small_problem(lr=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    config = FitConfig(steps=50, progress=False, stop_metric="accuracy", stop_at=0.0, stop_window=3, stop_every=5)
+    result = fit(Training(model, task, Objective(), opt, config))
+    assert len(result.history) == 5 and "reached" in result.message
+
+
+def _carry_problem():
+    """An LSNN with delays and refractoriness whose state at the end of a trial is not the zero state."""
+    model = Network(ALIF(2, 4, 4, tau_a=200.0, thr=0.01, n_ref=2, n_delay=3, seed=1), Readout(8, 2, seed=2))
+    task = TaskStream(delayed_xor, seed=0, batch_size=4, delay_ms=20, cue_ms=10)
+    return model, task, torch.optim.Adam(model.parameters(), lr=0.05)
+
+
+def _carry_fit(steps, carry_state, run_dir=None, task=None):
+    model, stream, opt = _carry_problem()
+    config = FitConfig(steps=steps, checkpoint_every=1, progress=False, carry_state=carry_state)
+    return model, fit(Training(model, task or stream, Objective(rate_weight=0.1), opt, config), run_dir=run_dir)
+
+
+def test_carried_state_is_the_hand_threaded_state_of_the_previous_batch(tmp_path):
+    model, result = _carry_fit(3, True, run_dir=tmp_path)
+    carried = store.load_torch(tmp_path / "checkpoint.pt")["carry"]
+    hand, task, opt = _carry_problem()
+    state, objective, losses = None, Objective(rate_weight=0.1), []
+    for step in range(3):  # thread the state through cell.step by hand
+        batch = task(step)
+        state = state or hand.cell.initial_state(batch.x.shape[1])
+        outputs = []
+        for i_t in hand.cell.input_current(batch.x):
+            out, state = hand.cell.step(i_t, state)
+            outputs.append(out)
+        hidden = type(outputs[0])(*(torch.stack(o) for o in zip(*outputs)))
+        state = type(state)(*(s.detach() for s in state))
+        opt.zero_grad()
+        loss, _ = objective.loss(NetworkOutput(hand.readout(hidden.z), hidden), batch, {})
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert result.history["loss"].tolist() == losses
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), hand.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(carried, state)) and state.v.abs().sum() > 0
+    with fused.disabled():  # the same path as the carried run: equal on the first batch, then not
+        zero = _carry_fit(3, False)[1].history["loss"].tolist()
+    assert zero[0] == losses[0] and zero[1] != losses[1] and zero[2] != losses[2]
+
+
+def test_resume_with_carried_state_is_bitwise_identical(tmp_path):
+    for name in ("reference", "resumed"):
+        (tmp_path / name).mkdir()
+    model, reference = _carry_fit(6, True, run_dir=tmp_path / "reference")
+    stream, calls = _carry_problem()[1], []
+
+    def interrupted(step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return stream(step)
+    with pytest.raises(KeyboardInterrupt):
+        _carry_fit(6, True, run_dir=tmp_path / "resumed", task=interrupted)
+    resumed_model, resumed = _carry_fit(6, True, run_dir=tmp_path / "resumed",
+                                        task=lambda step: calls.append(step) or stream(step))
+    assert calls == [4, 5], "the run resumes from its checkpoint after step 4"
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed_model.parameters()))
+    pd.testing.assert_frame_equal(reference.history, resumed.history)
