@@ -139,3 +139,14 @@ def test_a_seed_sweep_feeds_the_notebook_at_full_count_and_a_stored_book_trains_
     assert lines[0].startswith("runs missing from the store (run `make paper`")
     assert lines[1].startswith("  97_training: stored results only, but this run is not finished in the store: ")
     assert lines[1].split(": ")[-1].split(" ")[0].endswith("/0"), "the missing run is named by its directory"
+
+
+def test_make_paper_runs_the_seeds_as_points_then_the_notebook_from_the_store(training_notebook):
+    """``sweep.paper``: a notebook with seed counts runs one point per seed, then once at its full counts, which
+    reuses every run the points stored (its run log shows no training)."""
+    outcomes = sweep.paper(["97_training"], make_executor=sweep.executor)
+    assert [(p, s) for p, s, _ in outcomes] == [({"notebook": "97_training", "n_seeds": 1, "seed": 0}, "done"),
+                                                ({"notebook": "97_training"}, "done")]
+    log = training_notebook / "log.jsonl"
+    runner.run("97_training", "paper", output=training_notebook / "again.ipynb", env={"RNNNOTES_RUN_LOG": str(log)})
+    assert [e["trained"] for e in store.read_run_log(log)] == [False]
