@@ -190,12 +190,14 @@ class SequentialMNIST:
 
 @dataclass(frozen=True)
 class DelayedXORCredit:
-    """ModProp's delayed XOR (notebook 04) trained with credit rule ``rule``: a sign-constrained ReLU rate network
-    (80 % excitatory, tau = 100 ms, balanced spectral-radius-1 init, DEEP R at p = 0.99 keeping the signs), readout
-    at the last step, cross-entropy + L2; Adam with step decay. MDGL and ModProp use E and I as cell types."""
+    """ModProp's delayed XOR (notebook 04) trained with credit rule ``rule`` (``feedback``: W_out or a fixed random
+    matrix): a sign-constrained ReLU rate network (80 % excitatory, tau = 100 ms, balanced spectral-radius-1 init,
+    DEEP R at p = 0.99 keeping the signs), readout at the last step, cross-entropy + L2; Adam with step decay. MDGL
+    and ModProp use E and I as cell types."""
 
     notebook = "04_credit_assignment"
     rule: str = "bptt"
+    feedback: str = "symmetric"
     seed: int = 0
     mu: float = 0.25
     n_neurons: int = 20
@@ -210,6 +212,7 @@ class DelayedXORCredit:
     l2: float = 5e-4
     eval_every: int = 2
     n_val_batches: int = 1
+    fresh_validation: bool = False  # True: new validation batches at every evaluation (the original's protocol)
 
     def build(self, device):
         cell = RateRNN(2, self.n_neurons, RateParams.modprop(), gain=2.0, seed=self.seed)
@@ -218,15 +221,22 @@ class DelayedXORCredit:
         rewiring = deep_r({"w_rec": cell.w_rec, "w_out": model.readout.w_out}, {"w_rec": signs, "w_out": signs},
                           connectivity=0.99, l1=self.l1, seed=self.seed)
         model.to(device)
-        rule = credit.make_rule(self.rule, cell, mu=self.mu, n_types=(signs > 0).long())
+        rule = credit.make_rule(self.rule, cell, feedback=self.feedback, n_out=2, seed=self.seed, mu=self.mu,
+                                n_types=(signs > 0).long())
         objective = Objective(l2_weight=self.l2)
         optimizer, scheduler = _adam_step_decay(model, self.lr, self.lr_decay, self.decay_every)
         task = dict(batch_size=self.batch_size, delay_ms=self.delay_ms, cue_ms=self.cue_ms)
-        validation = TaskStream(delayed_xor, seed=self.seed, stream="validation", **task)
         config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=100, progress=False)
         return Training(model, TaskStream(delayed_xor, seed=self.seed, **task), objective, optimizer, config,
                         scheduler=scheduler, rule=rule, rewiring=rewiring,
-                        evaluate=evaluator(objective, [validation(k) for k in range(self.n_val_batches)]))
+                        evaluate=evaluator(objective, self._validation(task)))
+
+    def _validation(self, task):
+        """The validation batches: a fixed set, or (``fresh_validation``) ``batches(step)``, new at each step."""
+        stream, n = TaskStream(delayed_xor, seed=self.seed, stream="validation", **task), self.n_val_batches
+        if self.fresh_validation:
+            return lambda step: [stream(step * n + k) for k in range(n)]
+        return [stream(k) for k in range(n)]
 
 
 @dataclass(frozen=True)

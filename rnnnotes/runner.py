@@ -147,15 +147,17 @@ def _execute_for_book(name, profile, output, stored, threads):
 
 def execute_all(names, profile, folder, *, stored=False, jobs=1):
     """Execute ``names`` at ``profile`` into ``folder/NAME.ipynb``, ``jobs`` at a time, each in its own process
-    (:func:`run_isolated`; with ``jobs > 1`` each gets ``cpu_count // jobs`` threads); all run even when one
-    fails, and the failures are reported together, the runs missing from the store (``stored=True``) listed apart.
-    Returns the executed paths."""
+    (:func:`run_isolated`; with ``jobs > 1`` each gets ``cpu_count // jobs`` threads), the longest first
+    (:data:`rnnnotes.profiles.BOOK_MINUTES`), which shortens the whole; all run even when one fails, and the
+    failures are reported together, the runs missing from the store (``stored=True``) listed apart. Returns the
+    executed paths, in the order of ``names``."""
     if int(jobs) != jobs or jobs < 1:
         raise profiles.ParameterError(f"jobs must be a positive integer, got {jobs!r}")
     threads = max(1, (os.cpu_count() or 1) // int(jobs)) if jobs > 1 else None
+    longest_first = sorted(names, key=lambda name: -profiles.BOOK_MINUTES.get(name, 0.0))
     with ThreadPoolExecutor(max_workers=int(jobs)) as pool:
         futures = {name: pool.submit(_execute_for_book, name, profile, Path(folder) / f"{name}.ipynb", stored,
-                                     threads) for name in names}
+                                     threads) for name in longest_first}
         failures, missing = [], []
         for name, future in futures.items():
             try:

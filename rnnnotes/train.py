@@ -1,4 +1,5 @@
 """The one training loop: progress bar, metrics per step, evaluation, atomic checkpoints, resume, NaN stop."""
+import inspect
 import math
 import time
 from dataclasses import dataclass, replace
@@ -70,12 +71,20 @@ def to_device(batch, device):
 
 
 def evaluator(objective, batches):
-    """``evaluate(model)``: the objective's metrics averaged over fixed ``batches``, exact gradients not needed."""
-    def evaluate(model):
+    """``evaluate(model, step)``: the objective's metrics averaged over ``batches``, exact gradients not needed;
+    ``batches`` a fixed list, or ``batches(step)`` giving the list for an evaluation after ``step`` training steps
+    (a fresh validation set each time, as ModProp's protocol validates)."""
+    def evaluate(model, step=None):
         device = next(model.parameters()).device
-        metrics = [objective(model, to_device(b, device))[1] for b in batches]
+        chosen = batches(step) if callable(batches) else batches
+        metrics = [objective(model, to_device(b, device))[1] for b in chosen]
         return {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
     return evaluate
+
+
+def _evaluate(evaluate, model, step):
+    """``evaluate(model, step=step)`` where ``evaluate`` takes the step, else ``evaluate(model)``."""
+    return evaluate(model, step=step) if "step" in inspect.signature(evaluate).parameters else evaluate(model)
 
 
 class Training(NamedTuple):
@@ -83,7 +92,7 @@ class Training(NamedTuple):
     ``objective(model, batch, rule[, carry]) -> (loss, metrics)`` with ``optimizer`` (and ``scheduler``) for
     ``config.steps`` steps; ``rule`` changes how credit flows (never the forward values), ``rewiring`` (DEEP R)
     acts around each optimizer step, ``flossing`` (:class:`~rnnnotes.flossing.Flossing`) runs its due steps before
-    each task step, ``evaluate(model) -> dict`` is called without a rule (and from the zero state)."""
+    each task step, ``evaluate(model[, step]) -> dict`` is called without a rule (and from the zero state)."""
 
     model: Any
     task: Any
@@ -177,7 +186,7 @@ def _log_row(t, step, metrics, lr, flossed):
     every, steps = t.config.eval_every, t.config.steps
     if t.evaluate and ((every and (step + 1) % every == 0) or step + 1 == steps):
         with torch.no_grad():
-            row.update({f"eval_{k}": v for k, v in t.evaluate(t.model).items()})
+            row.update({f"eval_{k}": v for k, v in _evaluate(t.evaluate, t.model, step + 1).items()})
     return row
 
 

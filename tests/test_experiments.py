@@ -43,6 +43,27 @@ def test_source_hash_changes_with_any_module(tmp_path, monkeypatch):
     assert store.source_hash() != before
 
 
+def test_delayed_xor_validation_is_fixed_or_fresh_per_step():
+    fixed = DelayedXORCredit(n_val_batches=2, **TINY)._validation(dict(batch_size=4, delay_ms=5, cue_ms=5))
+    fresh = DelayedXORCredit(n_val_batches=2, fresh_validation=True, **TINY)._validation(
+        dict(batch_size=4, delay_ms=5, cue_ms=5))
+    assert isinstance(fixed, list) and len(fixed) == 2
+    at_20, at_40 = fresh(20), fresh(40)
+    assert len(at_20) == 2 and torch.equal(at_20[0].x, fresh(20)[0].x), "the same step draws the same batches"
+    assert not torch.equal(at_20[0].x, at_40[0].x) and not torch.equal(at_20[0].x, at_20[1].x)
+
+
+def test_delayed_xor_random_feedback_is_the_seeds_fixed_matrix():
+    symmetric = DelayedXORCredit(rule="eprop", seed=3, **TINY).build("cpu").rule
+    random = DelayedXORCredit(rule="eprop", feedback="random", seed=3, **TINY).build("cpu").rule
+    again = DelayedXORCredit(rule="eprop", feedback="random", seed=3, **TINY).build("cpu").rule
+    other = DelayedXORCredit(rule="eprop", feedback="random", seed=4, **TINY).build("cpu").rule
+    assert symmetric.feedback is None and random.feedback.shape == (8, 2)
+    assert torch.equal(random.feedback, again.feedback) and not torch.equal(random.feedback, other.feedback)
+    with pytest.raises(ValueError, match="feedback"):
+        DelayedXORCredit(rule="eprop", feedback="transposed", **TINY).build("cpu")
+
+
 def test_builders_assemble_their_pieces():
     setup = DelayedXORCredit(rule="modprop", mu=0.5, **TINY).build("cpu")
     assert setup.rule.name == "modprop" and setup.rewiring is not None and setup.config.steps == 2

@@ -223,3 +223,13 @@ def test_the_reproducing_page_has_a_row_per_notebook():
     table = page.split("## What each profile costs", 1)[1].split("\n## ", 1)[0]
     rows = {line.split("|")[1].strip(" `") for line in table.splitlines() if line.startswith("| `")}
     assert rows == set(profiles.notebook_names())
+
+
+def test_a_book_starts_the_longest_notebooks_first(tmp_path, monkeypatch):
+    assert set(profiles.BOOK_MINUTES) == set(profiles.notebook_names()), "every notebook has a measured time"
+    started = []
+    monkeypatch.setattr(runner, "_execute_for_book", lambda name, *args: started.append(name))
+    names = ["01_neurons", "04_credit_assignment", "02_store_recall"]
+    paths = runner.execute_all(names, "smoke", tmp_path, jobs=1)
+    assert started == sorted(names, key=lambda name: -profiles.BOOK_MINUTES[name]) != names
+    assert [p.stem for p in paths] == names, "the executed paths keep the order asked for"

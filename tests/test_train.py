@@ -109,6 +109,24 @@ def test_evaluation_columns_and_learning(tmp_path):
     assert {"loss", "task_loss", "accuracy", "rate_hz", "lr"} <= set(result.history.columns)
 
 
+def test_a_fresh_validation_set_is_drawn_for_each_evaluation_step(tmp_path):
+    model, task, _ = _small_problem(lr=0.0)
+    asked = []
+    fresh = evaluator(Objective(), lambda step: asked.append(step) or [task(10_000 + step)])
+    fixed = evaluator(Objective(), [task(10_000)])
+    histories = [fit(Training(model, task, Objective(), torch.optim.SGD(model.parameters(), lr=0.0),
+                              FitConfig(steps=6, eval_every=2, progress=False), evaluate=e)).history
+                 for e in (fresh, fixed)]
+    assert asked == [2, 4, 6], "the evaluator gets the number of steps trained"
+    losses = [h["eval_task_loss"].dropna().to_numpy() for h in histories]
+    assert len(set(losses[0].round(8))) == 3, "an untrained model scores differently on three different sets"
+    assert len(set(losses[1].round(8))) == 1, "with lr 0 a fixed set gives the same loss each time"
+    one_argument = fit(Training(model, task, Objective(), torch.optim.SGD(model.parameters(), lr=0.0),
+                                FitConfig(steps=2, eval_every=1, progress=False),
+                                evaluate=lambda m: {"calls": 1.0})).history
+    assert one_argument["eval_calls"].tolist() == [1.0, 1.0], "evaluate(model) without a step still works"
+
+
 @pytest.mark.parametrize("kwargs, name", [({"steps": 0}, "steps"), ({"steps": 5, "checkpoint_every": 0},
                                           "checkpoint_every"), ({"steps": 5, "eval_every": -1}, "eval_every"),
                                           ({"steps": 5, "stop_every": 0}, "stop_every"),
