@@ -32,7 +32,7 @@ def _list(_args):
 
 
 def _run(args):
-    print(runner.run(args.name, args.profile, _pairs(args.param), output=args.output))
+    print(runner.run(args.name, args.profile, _pairs(args.param), output=args.output, cell_timeout=args.cell_timeout))
 
 
 def _book(args):
@@ -91,6 +91,8 @@ def main(argv=None):
         p.set_defaults(func=func)
     commands.choices["run"].add_argument("-p", "--param", action="append", help="key=value, repeatable")
     commands.choices["run"].add_argument("--output", help="where the executed notebook goes")
+    commands.choices["run"].add_argument("--cell-timeout", type=float,
+                                         help="seconds a cell may run (default: no limit)")
     commands.choices["sweep"].add_argument("-g", "--grid", action="append", help="key=v1,v2,..., repeatable")
     commands.choices["sweep"].add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
     paper = commands.add_parser("paper", help="every notebook at `paper`, seeds as sweep points")

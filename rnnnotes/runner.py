@@ -93,20 +93,35 @@ def _failure(name, output, returncode, stderr):
     return NotebookFailed(f"notebook {name}: its execution {how}" + (f" ({last})" if last else ""))
 
 
+def smoke_cell_timeout():
+    """Seconds a cell may run at ``smoke`` (``$RNNNOTES_SMOKE_CELL_TIMEOUT``, default 300): smoke cells take
+    seconds, so a longer one is a hung kernel connection (a reply that never arrives, a known rare failure of
+    jupyter_client and papermill), not work."""
+    return float(os.environ.get("RNNNOTES_SMOKE_CELL_TIMEOUT", 300))
+
+
 def run_isolated(name, profile="smoke", overrides=None, *, output, env=None):
     """:func:`run` in a child process ``python -m rnnnotes run`` with its own kernel: killing it fails this
-    execution alone, and it ends when this process ends. Raises ``NotebookFailed`` as :func:`run` does."""
+    execution alone, and it ends when this process ends. Raises ``NotebookFailed`` as :func:`run` does. At
+    ``smoke`` a cell may run :func:`smoke_cell_timeout` seconds, and an execution that times out is run once more
+    (finished runs come from the store); other profiles have no limit."""
     values = profiles.resolve(name, profile, overrides)  # refused here, before a process starts
     declared = profiles.declared_parameters(name)
     args = [sys.executable, "-m", "rnnnotes", "run", name, "--profile", profile, "--output", str(output)]
     for key in overrides or {}:
         args += ["-p", f"{key}={values[key] if isinstance(declared[key], str) else repr(values[key])}"]
+    attempts = 1
+    if profile == "smoke":
+        args, attempts = args + ["--cell-timeout", str(smoke_cell_timeout())], 2
     child_env = {**os.environ, "RNNNOTES_RESULTS": str(store.results_root().resolve()),
                  "RNNNOTES_NOTEBOOKS": str(profiles.notebook_dir().resolve()), **(env or {})}
-    done = subprocess.run(args, env=child_env, capture_output=True, text=True, preexec_fn=_die_with_parent)
-    if done.returncode:
-        raise _failure(name, output, done.returncode, done.stderr)
-    return Path(output)
+    for _ in range(attempts):
+        done = subprocess.run(args, env=child_env, capture_output=True, text=True, preexec_fn=_die_with_parent)
+        if not done.returncode:
+            return Path(output)
+        if "CellTimeoutError" not in done.stderr:
+            break
+    raise _failure(name, output, done.returncode, done.stderr)
 
 
 def _hide_default_parameters(path):

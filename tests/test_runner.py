@@ -233,3 +233,31 @@ def test_a_book_starts_the_longest_notebooks_first(tmp_path, monkeypatch):
     paths = runner.execute_all(names, "smoke", tmp_path, jobs=1)
     assert started == sorted(names, key=lambda name: -profiles.BOOK_MINUTES[name]) != names
     assert [p.stem for p in paths] == names, "the executed paths keep the order asked for"
+
+
+def _sleeping_notebook(folder, first_sleep, later_sleep):
+    """``96_sleeping``: its cell sleeps ``first_sleep`` seconds on the first execution, ``later_sleep`` after."""
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                           "language": "python"}})
+    params = nbformat.v4.new_code_cell("x = 1")
+    params.metadata["tags"] = ["parameters"]
+    body = ("import os, pathlib, time\nmarks = pathlib.Path(os.environ['RNNNOTES_RESULTS']) / 'attempts'\n"
+            "marks.mkdir(parents=True, exist_ok=True)\nn = len(list(marks.iterdir()))\n"
+            "(marks / str(n)).touch()\n"
+            f"time.sleep({first_sleep} if n == 0 else {later_sleep})")
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, folder / "96_sleeping.ipynb")
+
+
+@pytest.mark.parametrize("later_sleep, succeeds", [(0, True), (60, False)])
+def test_a_smoke_cell_that_hangs_times_out_and_runs_once_more(tmp_path, monkeypatch, later_sleep, succeeds):
+    _sleeping_notebook(tmp_path, 60, later_sleep)
+    monkeypatch.setenv("RNNNOTES_NOTEBOOKS", str(tmp_path))
+    monkeypatch.setenv("RNNNOTES_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("RNNNOTES_SMOKE_CELL_TIMEOUT", "3")
+    if succeeds:
+        runner.run_isolated("96_sleeping", "smoke", output=tmp_path / "out.ipynb")
+    else:
+        with pytest.raises(runner.NotebookFailed, match="96_sleeping"):
+            runner.run_isolated("96_sleeping", "smoke", output=tmp_path / "out.ipynb")
+    assert len(list((tmp_path / "results" / "attempts").iterdir())) == 2, "one timeout, one more attempt, no more"
