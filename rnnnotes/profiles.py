@@ -89,9 +89,6 @@ PROFILES = {
     },
 }
 
-# Rough hours of each notebook at `paper` on one GPU, printed by `make paper` before it starts: the steps of the
-# paper profile times a step's time (measured on an H200 where noted, else the book profile's CPU time per step,
-# an upper bound), summed over the notebook's runs. Re-measure and update when a GPU run is timed.
 BOOK_MINUTES = {  # measured within `make book` (2 notebooks at a time on 2 cores): the longest start first
     "01_neurons": 0.1,
     "02_store_recall": 4.8,
@@ -102,13 +99,16 @@ BOOK_MINUTES = {  # measured within `make book` (2 notebooks at a time on 2 core
     "07_hebbian_plasticity": 6.2,
 }
 
+# Rough hours of each notebook at `paper` on one GPU, printed by `make paper` before it starts: the steps of the
+# paper profile times a step's time (measured on an H200 where noted, else the book profile's CPU time per step,
+# an upper bound), summed over the notebook's runs. Re-measure and update when a GPU run is timed.
 PAPER_HOURS = {
     "01_neurons": 0.01,  # measured: 12 s on CPU
     "02_store_recall": 0.4,  # LSNN + LIF control, at most 200 steps each x about 3.5 s (CPU: the carried state
     # takes the plain time loop, 2.6x slower than the fused one)
     "03_smnist": 36.0,  # 4 networks x 36,000 steps x 0.89 s (H200, before the fused time loop)
     "04_credit_assignment": 3.5,  # 6 rules x 2 lrs, 8 vectorised seeds, 3000 steps: about 7 h on 2 CPU cores
-    # (0.45-1.06 s per step, benchmarks/README.md), a GPU 2-3x faster; plus 6 more mu points
+    # (0.45-1.06 s per step, benchmarks/README.md), a GPU guessed 2-3x faster; plus 6 more mu points
     "05_curvature": 13.0,  # book (5 CPU min, 200 steps of batch 128) x 16,000 / 200 x 256 / 128 / 1.5 (GPU)
     "06_gradient_flossing": 10.0,  # 105 runs x 3001 steps of T = 300, N = 80, flossing 75 exponents (CPU guess)
     "07_hebbian_plasticity": 0.5,  # book (3.2 CPU min) x 5 episodes, plus 1000 episodes at N = 1000 (0.7 s each)
