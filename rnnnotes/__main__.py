@@ -40,10 +40,11 @@ def _book(args):
 
 
 def _executor_factory(args):
-    sweep.executor(args.executor, jobs=args.jobs, partition=args.partition, minutes=args.time, gpus=args.gpus,
-                   mem_gb=args.mem)  # bad options fail here, before anything starts
-    return lambda: sweep.executor(args.executor, jobs=args.jobs, partition=args.partition, minutes=args.time,
-                                  gpus=args.gpus, mem_gb=args.mem)
+    def make():
+        return sweep.executor(args.executor, jobs=args.jobs, partition=args.partition, minutes=args.time,
+                              gpus=args.gpus, mem_gb=args.mem)
+    make()  # bad options fail here, before anything starts
+    return make
 
 
 def _report(outcomes):

@@ -41,6 +41,17 @@ from .functional import apply, cut_presynaptic
 from .seeding import generator
 
 RULES = ("bptt", "eprop", "mdgl", "modprop", "modprop_true_w")
+# the rules as the notebooks name them: (rule, feedback of the learning signal)
+VARIANTS = {"bptt": ("bptt", "symmetric"), "eprop": ("eprop", "symmetric"), "eprop_random": ("eprop", "random"),
+            "mdgl": ("mdgl", "symmetric"), "modprop": ("modprop", "symmetric"),
+            "modprop_true_w": ("modprop_true_w", "symmetric")}
+
+
+def variant(name):
+    """``(rule, feedback)`` of a rule variant's name (:data:`VARIANTS`, e.g. ``"eprop_random"``)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown rule variant {name!r}; valid: {', '.join(VARIANTS)}")
+    return VARIANTS[name]
 
 
 class Rule(NamedTuple):

@@ -124,6 +124,15 @@ def run_isolated(name, profile="smoke", overrides=None, *, output, env=None):
     raise _failure(name, output, done.returncode, done.stderr)
 
 
+def run_logged(name, profile="smoke", overrides=None, *, output, env=None):
+    """:func:`run_isolated` with ``$RNNNOTES_RUN_LOG`` set; returns the entries its training runs logged, one per
+    run finished or reused (:func:`rnnnotes.store.log_run`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "runs.jsonl"
+        run_isolated(name, profile, overrides, output=output, env={**(env or {}), "RNNNOTES_RUN_LOG": str(log)})
+        return store.read_run_log(log)
+
+
 def _hide_default_parameters(path):
     """In the executed copy, hide the notebook's default ``parameters`` cell; the injected values stay visible."""
     nb = nbformat.read(path, as_version=4)
@@ -150,11 +159,8 @@ def _execute_for_book(name, profile, output, stored, threads):
     env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
     if not stored:
         return run_isolated(name, profile, output=output, env=env)
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "runs.jsonl"
-        run_isolated(name, profile, output=output,
-                     env={**env, "RNNNOTES_STORED_ONLY": "1", "RNNNOTES_RUN_LOG": str(log)})
-        trained = [entry["run"] for entry in store.read_run_log(log) if entry["trained"]]
+    entries = run_logged(name, profile, output=output, env={**env, "RNNNOTES_STORED_ONLY": "1"})
+    trained = [entry["run"] for entry in entries if entry["trained"]]
     if trained:
         raise NotebookFailed(f"notebook {name} trained during a stored-results build: {', '.join(trained)}")
     return output

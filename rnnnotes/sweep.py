@@ -9,7 +9,6 @@ with it.
 """
 import contextlib
 import itertools
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from dataclasses import replace
@@ -76,14 +75,11 @@ def _execute(name, profile, point):
     if finished.exists() and store.read_json(finished) == identity:
         return "reused", str(output)
     status = "resumed" if output.exists() else "done"
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "runs.jsonl"
-        try:
-            runner.run_isolated(name, profile, point, output=output, env={"RNNNOTES_RUN_LOG": str(log)})
-        except runner.NotebookFailed as err:
-            return "failed", str(err)
-        diverged = [f"run {Path(e['run']).name} diverged: {e['message']}" for e in store.read_run_log(log)
-                    if e["status"] == "diverged"]
+    try:
+        entries = runner.run_logged(name, profile, point, output=output)
+    except runner.NotebookFailed as err:
+        return "failed", str(err)
+    diverged = [f"run {Path(e['run']).name} diverged: {e['message']}" for e in entries if e["status"] == "diverged"]
     if diverged:
         return "failed", "; ".join(diverged)
     store.write_json(finished, identity)

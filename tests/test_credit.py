@@ -363,3 +363,10 @@ def test_bad_rule_parameters(kwargs, message):
     name = kwargs.pop("name")
     with pytest.raises(ValueError, match=message):
         credit.make_rule(name, cell, **kwargs)
+
+
+def test_rule_variants_name_a_rule_and_its_feedback():
+    assert set(rule for rule, _ in credit.VARIANTS.values()) == set(credit.RULES)
+    assert credit.variant("eprop_random") == ("eprop", "random") and credit.variant("mdgl") == ("mdgl", "symmetric")
+    with pytest.raises(ValueError, match="unknown rule variant 'eprop_transposed'"):
+        credit.variant("eprop_transposed")
