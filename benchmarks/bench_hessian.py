@@ -18,7 +18,7 @@ import pyhessian
 import torch
 
 from rnnnotes import hessian, numerics
-from rnnnotes.experiments import RowMNISTCurvature
+from rnnnotes.rate_experiments import RowMNISTCurvature
 from rnnnotes.train import fit
 from timing import median_time, row
 

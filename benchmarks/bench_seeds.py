@@ -11,7 +11,7 @@ from dataclasses import replace
 import torch
 
 from rnnnotes import numerics
-from rnnnotes.experiments import DelayedXORCredit
+from rnnnotes.rate_experiments import DelayedXORCredit
 from rnnnotes.seeds import stack, train_step
 from rnnnotes.train import _train_step
 from timing import median_times, row
@@ -35,8 +35,8 @@ def time_rule(rule, *, n_seeds, repeats, settings):
         steps[name] += 1
         return steps[name] - 1
 
-    fns = {"one": lambda: _train_step(one, advance("one"), cpu),
-           "sequential": lambda: [_train_step(t, advance("sequential"), cpu) for t in sequential],
+    fns = {"one": lambda: _train_step(one, advance("one"), cpu, None),
+           "sequential": lambda: [_train_step(t, advance("sequential"), cpu, None) for t in sequential],
            "vectorised": lambda: train_step(group, advance("vectorised"), list(range(n_seeds)))}
     with numerics.flush_denormal(), numerics.reuse_freed_memory():
         return median_times(fns, repeats)

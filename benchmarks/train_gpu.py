@@ -5,7 +5,7 @@ be projected:
     python benchmarks/train_gpu.py --seconds 120
     RNNNOTES_FAST=0 python benchmarks/train_gpu.py --seconds 120         # the plain per-step path, for comparison
     RNNNOTES_CUDA_GRAPHS=0 python benchmarks/train_gpu.py --seconds 120  # the fused loop without CUDA graphs
-Builds the same experiments as notebooks 02 and 03 (`rnnnotes.experiments`), without their results store.
+Builds the same experiments as notebooks 02 and 03 (`rnnnotes.spiking_experiments`), without their results store.
 """
 import argparse
 import os
@@ -14,7 +14,7 @@ import time
 import torch
 
 from rnnnotes import default_device
-from rnnnotes.experiments import SequentialMNIST, StoreRecall
+from rnnnotes.spiking_experiments import SequentialMNIST, StoreRecall
 from rnnnotes.tasks import SMNIST
 from rnnnotes.train import evaluator, fit
 

@@ -2,9 +2,10 @@ r"""Gradient alignment: how close a credit rule's gradient is to the exact one.
 
 For a rule's gradient :math:`\hat g` and BPTT's :math:`g` of the same objective on the same batch, the alignment is
 the cosine similarity :math:`\cos = \langle \hat g, g \rangle / (\|\hat g\|\, \|g\|)` (in float64), over all
-trainable parameters concatenated and per parameter tensor. :func:`alignment_trajectory` measures it along a
-training run of :class:`~rnnnotes.experiments.DelayedXORCredit` through :func:`rnnnotes.train.fit`'s evaluation
-hook. A rule is given as its name or as ``(name, options)`` for :func:`rnnnotes.credit.make_rule`.
+trainable parameters concatenated and per parameter tensor. :func:`initial_alignment` measures it on an untrained
+network and :func:`alignment_trajectory` along a training run of
+:class:`~rnnnotes.rate_experiments.DelayedXORCredit` through :func:`rnnnotes.train.fit`'s evaluation hook. A rule
+is given as its name or as ``(name, options)`` for :func:`rnnnotes.credit.make_rule`.
 """
 import math
 from dataclasses import replace
@@ -14,8 +15,8 @@ import torch
 
 from . import credit, numerics, resolve_device
 from .checks import require_integer, require_positive
-from .experiments import DelayedXORCredit
 from .model import Network
+from .rate_experiments import DelayedXORCredit
 from .tasks import TaskStream
 from .train import fit, to_device
 
@@ -102,8 +103,37 @@ def _rule_defaults(config, training):
     return {"mu": config.mu, "n_types": (signs > 0).long(), "seed": config.seed}
 
 
+def _held_out(training, *, n_batches, stream, device):
+    """Batches ``0 .. n_batches - 1`` of the data stream ``stream`` of the training's task, on ``device``."""
+    require_integer(n_batches=n_batches)
+    require_positive(n_batches=n_batches)
+    if stream in ("train", "validation"):
+        raise ValueError(f"stream must differ from the training and validation streams, got {stream!r}")
+    held_out = TaskStream(training.task.make, seed=training.task.seed, stream=stream, **training.task.kwargs)
+    return [to_device(held_out(k), device) for k in range(n_batches)]
+
+
+def _all_parameters(table, seed):
+    """The rows of ``table`` over all parameters concatenated, with the run's seed."""
+    return table[table["parameter"] == "all"].assign(seed=seed)
+
+
+def initial_alignment(config, rules, *, n_batches, stream="alignment", device="auto"):
+    """:func:`gradient_cosines` of ``rules`` on the untrained network of ``config`` (a
+    :class:`~rnnnotes.rate_experiments.DelayedXORCredit`), on the held-out batches and with the rule options of
+    :func:`alignment_trajectory` (its step 0). Returns a DataFrame: seed, rule, batch, cosine (all parameters)."""
+    if not isinstance(config, DelayedXORCredit):
+        raise ValueError(f"config must be a DelayedXORCredit, got {type(config).__name__}")
+    device = resolve_device(device)
+    training = config.build(device)
+    batches = _held_out(training, n_batches=n_batches, stream=stream, device=device)
+    table = gradient_cosines(training.model, training.objective, batches, rules,
+                             defaults=_rule_defaults(config, training))
+    return _all_parameters(table, config.seed)[["seed", "rule", "batch", "cosine"]].reset_index(drop=True)
+
+
 def alignment_trajectory(config, rules, *, n_steps, every, n_batches, stream="alignment", device="auto"):
-    """Train ``config`` (a :class:`~rnnnotes.experiments.DelayedXORCredit`, with its own rule) for ``n_steps``
+    """Train ``config`` (a :class:`~rnnnotes.rate_experiments.DelayedXORCredit`, with its own rule) for ``n_steps``
     steps by :func:`rnnnotes.train.fit` and measure :func:`gradient_cosines` of ``rules`` at step 0, every
     ``every`` steps and at the last step, on the same ``n_batches`` held-out batches ``0 .. n_batches - 1`` of the
     data stream ``stream`` (distinct from ``"train"`` and ``"validation"``). Rule options default to those the
@@ -111,14 +141,11 @@ def alignment_trajectory(config, rules, *, n_steps, every, n_batches, stream="al
     rule and batch: seed, step, rule, batch, cosine (all parameters concatenated); nothing is stored."""
     if not isinstance(config, DelayedXORCredit):
         raise ValueError(f"config must be a DelayedXORCredit, got {type(config).__name__}")
-    require_integer(n_steps=n_steps, every=every, n_batches=n_batches)
-    require_positive(n_steps=n_steps, every=every, n_batches=n_batches)
-    if stream in ("train", "validation"):
-        raise ValueError(f"stream must differ from the training and validation streams, got {stream!r}")
+    require_integer(n_steps=n_steps, every=every)
+    require_positive(n_steps=n_steps, every=every)
     device = resolve_device(device)
     training = replace(config, n_iterations=n_steps, eval_every=every).build(device)
-    held_out = TaskStream(training.task.make, seed=training.task.seed, stream=stream, **training.task.kwargs)
-    batches = [to_device(held_out(k), device) for k in range(n_batches)]
+    batches = _held_out(training, n_batches=n_batches, stream=stream, device=device)
     defaults, frames = _rule_defaults(config, training), []
 
     def measure(model):
@@ -130,5 +157,4 @@ def alignment_trajectory(config, rules, *, n_steps, every, n_batches, stream="al
     history = fit(training._replace(evaluate=measure)).history
     steps = [0] + (history.loc[history["eval_cosine"].notna(), "step"].tolist() if len(frames) > 1 else [])
     table = pd.concat([f.assign(step=s) for s, f in zip(steps, frames)], ignore_index=True)
-    table = table[table["parameter"] == "all"].assign(seed=config.seed)
-    return table[["seed", "step", "rule", "batch", "cosine"]].reset_index(drop=True)
+    return _all_parameters(table, config.seed)[["seed", "step", "rule", "batch", "cosine"]].reset_index(drop=True)

@@ -6,8 +6,9 @@ re-orthonormalised by a thin QR every ``t_ons`` steps, :math:`Q_t R_t = \tilde Q
 :math:`\lambda_i = \frac{1}{T_{acc}} \sum \log |(R)_{ii}|` over the accumulated steps (natural log, per step); the
 first ``k`` of them are the ``k`` largest of the spectrum. :math:`D_t Q` is a Jacobian-vector product of the step on
 all ``k`` columns at once (``torch.func.jvp`` under ``vmap``, or the closed form a rate cell's state map carries),
-so any cell's ``state_map()`` works, spiking cells through their pseudo-derivative (a *surrogate* spectrum). Everything is differentiable: the flossing loss
-(Engelken 2023) backpropagates through the trajectory, the Jacobian products and the QR into the weights.
+so any cell's ``state_map()`` works, spiking cells through their pseudo-derivative (a *surrogate* spectrum).
+Everything is differentiable: the flossing loss (Engelken 2023) backpropagates through the trajectory, the
+Jacobian products and the QR into the weights.
 """
 import torch
 from torch.func import jvp, vmap

@@ -14,14 +14,16 @@ u_t)`, :math:`H_t = (1 - \eta') H_{t-1} + \eta' y_{t-1}^\top y_t`: the same traj
 and the rate :math:`\eta' = 1 - \eta` (``PlasticRNN(eta_is="rate")``).
 """
 import math
+import time
 from typing import NamedTuple
 
+import pandas as pd
 import torch
 from torch import nn
 
 from .cells import StateMap
-from .checks import require_integer, require_positive
-from .memory import available_bytes
+from .checks import require_integer
+from .memory import autograd_saved_bytes, available_bytes
 from .seeding import generator, resolve_seed
 
 
@@ -181,3 +183,30 @@ def forward_mode_gradient(net, u, target):
         error = torch.where(torch.isnan(target), 0.0, state.y - target)
         grads = {name: torch.einsum("zk,zkab->ab", error, dy[name]) for name in dy}
         return final_loss(state.y, target), grads
+
+
+def gradient_costs(forward_sizes, bptt_sizes, *, n_steps=66, seed=0, device="cpu"):
+    """The cost of one gradient of :func:`final_loss` over an ``n_steps`` episode (float64, batch 1, random inputs
+    and target from the stream ``(seed, "gradient-costs", n)``) for a :class:`PlasticRNN` of each size: BOHP's
+    forward mode (:func:`forward_mode_gradient`; memory: the bytes it carries, :func:`forward_mode_bytes`) at
+    ``forward_sizes`` and BPTT (:func:`bptt_gradient`; memory: the bytes autograd saves) at ``bptt_sizes``. One
+    timed call each. Returns a DataFrame: method, N, seconds, MB."""
+    device, rows = torch.device(device), []
+    for method, sizes in (("forward mode", forward_sizes), ("BPTT", bptt_sizes)):
+        for n in sizes:
+            g = generator(seed, "gradient-costs", n)
+            net = PlasticRNN(n, seed=seed).double().to(device)
+            u = torch.randn(n_steps, 1, n, dtype=torch.float64, generator=g).to(device)
+            target = torch.randn(1, n, dtype=torch.float64, generator=g).to(device)
+            gradient = forward_mode_gradient if method == "forward mode" else bptt_gradient
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            gradient(net, u, target)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
+            memory = (forward_mode_bytes(n) if method == "forward mode"
+                      else autograd_saved_bytes(lambda: bptt_gradient(net, u, target))[1])
+            rows.append({"method": method, "N": n, "seconds": seconds, "MB": memory / 1e6})
+    return pd.DataFrame(rows)

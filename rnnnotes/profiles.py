@@ -78,11 +78,12 @@ PROFILES = {
                   "alif_neurons": 80, "alif_exponents": 16, "alif_floss_steps": 200, "alif_iterations": 2000,
                   "alif_delay": 10, "alif_seeds": 5},
     },
-    "07_hebbian_plasticity": {  # book: BOHP's task to >= 95 % in CPU minutes; paper: its 10,000 episodes, DP's 1000 bits
+    "07_hebbian_plasticity": {  # book: BOHP's task to >= 95 % in CPU minutes; paper: its 10,000 episodes, DP's
+        # 1000 bits
         "smoke": {},
         "book": {"n_iterations": 2000, "eval_every": 100, "n_validation": 1000,
-                 "forward_sizes": [8, 16, 29, 40, 50], "bptt_sizes": [8, 29, 100, 300, 1000], "dp_iterations": 200, "dp_eval_every": 50,
-                 "dp_validation": 10, "n_examples": 4, "n_lyapunov": 8},
+                 "forward_sizes": [8, 16, 29, 40, 50], "bptt_sizes": [8, 29, 100, 300, 1000],
+                 "dp_iterations": 200, "dp_eval_every": 50, "dp_validation": 10, "n_examples": 4, "n_lyapunov": 8},
         "paper": {"n_iterations": 10000, "eval_every": 250, "n_validation": 1000,
                   "forward_sizes": [8, 16, 29, 40, 50, 70], "bptt_sizes": [8, 29, 100, 300, 1000],
                   "dp_iterations": 1000, "dp_eval_every": 50, "dp_validation": 50, "n_examples": 6, "n_lyapunov": 16},

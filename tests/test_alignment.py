@@ -7,7 +7,7 @@ import torch
 
 from rnnnotes import alignment
 from rnnnotes.cells import RateRNN
-from rnnnotes.experiments import DelayedXORCredit
+from rnnnotes.rate_experiments import DelayedXORCredit
 from rnnnotes.losses import Objective
 from rnnnotes.model import Network, Readout
 from rnnnotes.tasks import TaskStream, delayed_xor
@@ -93,6 +93,23 @@ def test_trajectory_rows_defaults_and_seeding():
                                            device="cpu")
     assert (other["seed"] == 1).all() and not other["cosine"].equals(table["cosine"])
 
+
+
+def test_initial_alignment_is_the_trajectorys_step_zero_for_any_rule_of_the_config():
+    """The untrained network, the same held-out batches and rule options as the trajectory's step 0, whatever rule
+    the config trains with (it trains with none here)."""
+    rules = ["bptt", "eprop", ("eprop", {"feedback": "random"}), "modprop"]
+    trajectory = alignment.alignment_trajectory(DelayedXORCredit(rule="eprop", **TINY), rules, n_steps=1, every=1,
+                                                n_batches=2, device="cpu")
+    initial = alignment.initial_alignment(DelayedXORCredit(rule="modprop", **TINY), rules, n_batches=2,
+                                          device="cpu")
+    assert list(initial.columns) == ["seed", "rule", "batch", "cosine"] and len(initial) == 4 * 2
+    step0 = trajectory[trajectory["step"] == 0].drop(columns="step").reset_index(drop=True)
+    pd.testing.assert_frame_equal(initial, step0, check_exact=True)
+    with pytest.raises(ValueError, match="config must be a DelayedXORCredit"):
+        alignment.initial_alignment(_net(), rules, n_batches=1)
+    with pytest.raises(ValueError, match="stream must differ"):
+        alignment.initial_alignment(DelayedXORCredit(**TINY), rules, n_batches=1, stream="train", device="cpu")
 
 @pytest.mark.parametrize("call, message", [
     (lambda net, b: alignment.gradient_cosines(net, Objective(), b, ["sgd"]), "rules: unknown rule 'sgd'"),

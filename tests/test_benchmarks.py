@@ -1,9 +1,18 @@
-"""The benchmark report's writer: a well-formed Markdown table, and a marked section replaced in place."""
+"""The benchmark report's writer (a well-formed Markdown table, a marked section replaced in place), and every
+comparison of ``python -m benchmarks`` runs at its quick sizes."""
+import importlib
+import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root holds `benchmarks/`
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the repository root holds `benchmarks/`
 from benchmarks import report  # noqa: E402
+from benchmarks.__main__ import COMPARISONS  # noqa: E402  (puts benchmarks/ on the path, as the scripts expect)
+
+PEERS = {"spiking": ("norse", "snntorch"), "hessian": ("pyhessian",)}  # installed by `make bench` or CI
 
 ROWS = [
     dict(comparison="LIF fwd+bwd vs norse LIF", setting="80x220x64x400", device="cpu", ours_s=0.1,
@@ -44,3 +53,18 @@ def test_missing_markers_are_appended_once():
     once = report.replace_section("# Benchmarks\n", "table")
     assert once == f"# Benchmarks\n\n{report.START}\ntable\n{report.END}\n"
     assert report.replace_section(once, "table") == once
+
+
+@pytest.mark.parametrize("name", sorted(COMPARISONS))
+def test_every_comparison_runs_at_its_quick_sizes(name):
+    """A comparison that no longer matches the module it times (a renamed argument, a moved name) fails here
+    rather than in the next `make bench`."""
+    for peer in PEERS.get(name, ()):
+        pytest.importorskip(peer)
+    rows = importlib.import_module(COMPARISONS[name][0]).run(quick=True)
+    assert rows and all(tuple(r) == report.FIELDS for r in rows)
+    timed = [r for r in rows if r["ours_s"] is not None]
+    assert timed, "no comparison was timed"
+    for r in timed:
+        assert r["ours_s"] > 0 and r["reference_s"] > 0
+        assert math.isclose(r["ratio"], r["reference_s"] / r["ours_s"])

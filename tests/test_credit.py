@@ -1,6 +1,4 @@
 """Credit rules against mathematics: a hand-written online e-prop, BPTT limits, the MDGL hop, ModProp limits."""
-import math
-
 import pytest
 import torch
 

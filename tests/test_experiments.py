@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from rnnnotes import experiments, store, summary, sweep
-from rnnnotes.experiments import DelayedXORCredit, Run, StoreRecall
+from rnnnotes import experiments, spiking_experiments, store, summary, sweep
+from rnnnotes.experiments import Run
+from rnnnotes.rate_experiments import DelayedXORCredit
+from rnnnotes.spiking_experiments import StoreRecall
 
 TINY = dict(n_neurons=8, delay_ms=5, cue_ms=5, n_iterations=2, batch_size=4, eval_every=1)
 
@@ -76,7 +78,7 @@ def test_builders_assemble_their_pieces():
     validation, test = recall.trials("validation")(0).batch, recall.trials("test")(0).batch
     assert not torch.equal(validation.x, test.x), "validation and test come from different streams"
     with pytest.raises(ValueError, match="variant"):
-        experiments.SequentialMNIST(variant="lstm")
+        spiking_experiments.SequentialMNIST(variant="lstm")
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def test_curvature_run_stores_the_dense_hessians_top_eigenvalue(results):
 
     from rnnnotes import hessian
     from rnnnotes.curvature import hessian_loss
-    from rnnnotes.experiments import RowMNISTCurvature
+    from rnnnotes.rate_experiments import RowMNISTCurvature
     config = RowMNISTCurvature(rule="eprop", n_hidden=5, n_iterations=2, batch_size=8, eval_every=2, n_hessian=16)
     run = experiments.train_run(config, progress=False)
     stored = run.history["eval_lambda_max"].dropna()

@@ -5,12 +5,12 @@ import torch
 from torch.nn import functional as F
 
 from rnnnotes.cells import VanillaRNN
-from rnnnotes.experiments import GradientFlossing
 from rnnnotes.flossing import Flossing, FlossingSchedule
 from rnnnotes.losses import Objective, accuracy, masked_bce
 from rnnnotes.lyapunov import lyapunov_spectrum
 from rnnnotes.model import Network, Readout
 from rnnnotes.params import VanillaInit
+from rnnnotes.rate_experiments import GradientFlossing
 from rnnnotes.tasks import Batch, TaskStream, copy_task, delayed_parity
 from rnnnotes.train import FitConfig, Training, fit
 
@@ -131,6 +131,36 @@ def test_flossing_rejects_unknown_parameter_names():
     model = Network(VanillaRNN(1, 4, seed=0), Readout(4, 1, seed=0))
     with pytest.raises(ValueError, match="schedule.names"):
         Flossing(model, FlossingSchedule(names=("cell.J",)), None)
+
+
+def test_experiments_long_term_jacobian_is_the_product_of_step_jacobians():
+    """The config's long-term Jacobian against the product of autograd Jacobians of its rate map (row vectors:
+    ``h_t = h_{t-1} D_t``), along the same held-out sequence."""
+    config = GradientFlossing(n_hidden=5, n_steps=12, delay=2, g=1.5, seed=3)
+    model, horizon = config.network(), 6
+    logs = config.long_term_jacobian(model, horizon)
+    state_map, x = model.cell.state_map("rate"), config.spectrum_inputs(1, horizon)
+    h, product = state_map.pack(model.cell.initial_state(1)).detach(), torch.eye(5)
+    with torch.no_grad():
+        for t in range(horizon):
+            jacobian = torch.autograd.functional.jacobian(lambda v: state_map.step(v[None], x[t])[0], h[0])
+            product = jacobian @ product
+            h = state_map.step(h, x[t]).detach()
+            assert torch.allclose(logs[t], torch.linalg.svdvals(product).log(), atol=1e-3), t  # float32
+    assert logs.shape == (horizon, 5) and (logs[:, :-1] >= logs[:, 1:]).all()
+
+
+def test_experiments_floss_moves_only_the_flossed_weights_and_lowers_the_loss():
+    config = GradientFlossing(n_hidden=8, n_steps=30, n_lyapunov=25, n_exponents=2, g=0.6, seed=1)
+    model = config.network()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    exponents = config.spectrum(model, 2, n_sequences=3)
+    log = config.floss(model, 30, lr=0.02)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == {"cell.w_in", "cell.w_rec", "cell.b"}
+    assert len(log) == 30 and log[-1] < 0.2 * log[0]
+    after = config.spectrum(model, 2, n_sequences=3)
+    assert after.abs().max() < exponents.abs().max() / 3 and not after.requires_grad
 
 
 class _Crash:

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from rnnnotes.experiments import HebbianMemory
+from rnnnotes.rate_experiments import HebbianMemory
 from rnnnotes.hessian import model_loss, top_eigenvalues
 from rnnnotes.lyapunov import lyapunov_spectrum
 from rnnnotes.memory import autograd_saved_bytes
 from rnnnotes.pattern_completion import CompletionTask, completion_objective, orthogonal_patterns
 from rnnnotes.plastic import (PlasticRNN, bptt_gradient, final_loss, forward_mode_bytes, forward_mode_gradient,
-                              plastic_step)
+                              gradient_costs)
 from rnnnotes.train import fit
 
 
@@ -154,3 +154,17 @@ def test_saved_bytes_grow_with_the_episode():
     short = autograd_saved_bytes(lambda: net(torch.randn(10, 1, 8)).y.sum())[1]
     long = autograd_saved_bytes(lambda: net(torch.randn(40, 1, 8)).y.sum())[1]
     assert long > 3 * short > 0
+
+
+def test_gradient_costs_name_each_method_and_its_memory():
+    costs = gradient_costs([4, 6], [4, 12], n_steps=10, seed=1)
+    assert list(costs.columns) == ["method", "N", "seconds", "MB"]
+    assert costs[["method", "N"]].values.tolist() == [["forward mode", 4], ["forward mode", 6], ["BPTT", 4],
+                                                       ["BPTT", 12]]
+    assert (costs["seconds"] > 0).all()
+    forward, bptt = costs[costs.method == "forward mode"], costs[costs.method == "BPTT"]
+    assert forward["MB"].tolist() == [forward_mode_bytes(4) / 1e6, forward_mode_bytes(6) / 1e6]
+    net, u = PlasticRNN(4, seed=1).double(), torch.randn(10, 1, 4, dtype=torch.float64)  # a 10-step episode
+    saved = autograd_saved_bytes(lambda: bptt_gradient(net, u, torch.zeros(1, 4, dtype=torch.float64)))[1]
+    assert bptt["MB"].iloc[0] == saved / 1e6 and bptt["MB"].iloc[1] > bptt["MB"].iloc[0]
+

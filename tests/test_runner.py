@@ -97,7 +97,8 @@ def failing_notebook(tmp_path, monkeypatch):
 def test_failing_notebook_keeps_its_executed_copy_and_names_the_cell(failing_notebook):
     output = failing_notebook / "out.ipynb"
     environ = dict(os.environ)
-    with pytest.raises(runner.NotebookFailed, match=r"notebook 98_failing failed in cell In \[4\] \('if x == 2:'\) with ValueError: x must"):
+    message = r"notebook 98_failing failed in cell In \[4\] \('if x == 2:'\) with ValueError: x must"
+    with pytest.raises(runner.NotebookFailed, match=message):
         runner.run("98_failing", overrides={"x": 2}, output=output)
     executed = nbformat.read(output, as_version=4)
     assert executed.metadata.papermill.exception is True

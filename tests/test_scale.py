@@ -14,7 +14,7 @@ import torch
 from rnnnotes import runner, store, sweep
 from conftest import ROOT
 
-SOURCE = ("from rnnnotes.experiments import DelayedXORCredit\n"
+SOURCE = ("from rnnnotes.rate_experiments import DelayedXORCredit\n"
           "from rnnnotes.sweep import train_all\n"
           "configs = {s: DelayedXORCredit(seed=s, lr=lr, n_iterations=steps, eval_every=0)\n"
           "           for s in range(seed, seed + n_seeds)}\n"

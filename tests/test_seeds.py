@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rnnnotes import credit, experiments, sweep
-from rnnnotes.experiments import DelayedXORCredit
+from rnnnotes.rate_experiments import DelayedXORCredit
 from rnnnotes.seeds import fit_seeds, train_runs
 from rnnnotes.train import fit
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from rnnnotes import seeding
-from rnnnotes.tasks import (SMNIST, TASKS, Batch, TaskStream, delayed_xor, get_task, smnist_batch, smnist_batches,
-                            smnist_encode, store_recall, store_recall_trials, threshold_crossing, XORCues, RowMNIST, row_mnist_encode)
+from rnnnotes.tasks import (SMNIST, TASKS, Batch, RowMNIST, TaskStream, XORCues, delayed_xor, get_task,
+                            row_mnist_encode, smnist_batch, smnist_batches, smnist_encode, store_recall,
+                            store_recall_trials, threshold_crossing)
 
 
 def gen(seed=0):
