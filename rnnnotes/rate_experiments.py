@@ -213,20 +213,23 @@ class GradientFlossing:
         return torch.cat([self.stream("spectrum", 1)(i).x[:n_steps] for i in range(n_sequences)], dim=1)
 
     def spectrum(self, model, k, n_sequences=1):
-        """The ``k`` largest Lyapunov exponents of ``model``'s cell (no gradient) over :meth:`spectrum_inputs`,
-        averaged over the sequences, with the original's warm-up and the config's coordinates."""
+        """The ``k`` largest Lyapunov exponents of ``model``'s cell (no gradient) over :meth:`spectrum_inputs`
+        (on the model's device), averaged over the sequences, with the original's warm-up and the config's
+        coordinates."""
+        x = self.spectrum_inputs(n_sequences).to(next(model.parameters()).device)
         with torch.no_grad():
-            return cell_spectrum(model.cell, self.spectrum_inputs(n_sequences), k,
-                                 warmup=original_warmup(self.n_lyapunov), seed=self.seed, coordinates=self.coordinates)
+            return cell_spectrum(model.cell, x, k, warmup=original_warmup(self.n_lyapunov), seed=self.seed,
+                                 coordinates=self.coordinates)
 
     def long_term_jacobian(self, model, horizon):
         r"""``(horizon, N)``: the log singular values (descending) of the long-term Jacobian :math:`D_t \cdots D_1`
         of ``model``'s cell after each step ``t``, from its initial state along the first ``"spectrum"`` sequence
         (:func:`~rnnnotes.lyapunov.jacobian_log_singular_values`)."""
         state_map = model.cell.state_map() if self.coordinates is None else model.cell.state_map(self.coordinates)
+        x = self.spectrum_inputs(1, horizon).to(next(model.parameters()).device)
         with torch.no_grad():
-            h0 = state_map.pack(model.cell.initial_state(1))
-            return jacobian_log_singular_values(state_map, h0, self.spectrum_inputs(1, horizon))[:, 0]
+            h0 = state_map.pack(model.cell.initial_state(1, device=x.device))
+            return jacobian_log_singular_values(state_map, h0, x)[:, 0]
 
     def build(self, device):
         model = self.network().to(device)
