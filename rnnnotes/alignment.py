@@ -103,14 +103,20 @@ def _rule_defaults(config, training):
     return {"mu": config.mu, "n_types": (signs > 0).long(), "seed": config.seed}
 
 
-def _held_out(training, *, n_batches, stream, device):
-    """Batches ``0 .. n_batches - 1`` of the data stream ``stream`` of the training's task, on ``device``."""
+def _prepared(config, overrides, *, n_batches, stream, device):
+    """``(training, held_out, defaults)``: ``config`` with ``overrides`` built on ``device``, batches
+    ``0 .. n_batches - 1`` of its task's data stream ``stream`` on ``device``, and the rule options of
+    :func:`_rule_defaults`."""
+    if not isinstance(config, DelayedXORCredit):
+        raise ValueError(f"config must be a DelayedXORCredit, got {type(config).__name__}")
     require_integer(n_batches=n_batches)
     require_positive(n_batches=n_batches)
     if stream in ("train", "validation"):
         raise ValueError(f"stream must differ from the training and validation streams, got {stream!r}")
+    device = resolve_device(device)
+    training = replace(config, **overrides).build(device)
     held_out = TaskStream(training.task.make, seed=training.task.seed, stream=stream, **training.task.kwargs)
-    return [to_device(held_out(k), device) for k in range(n_batches)]
+    return training, [to_device(held_out(k), device) for k in range(n_batches)], _rule_defaults(config, training)
 
 
 def _all_parameters(table, seed):
@@ -122,13 +128,8 @@ def initial_alignment(config, rules, *, n_batches, stream="alignment", device="a
     """:func:`gradient_cosines` of ``rules`` on the untrained network of ``config`` (a
     :class:`~rnnnotes.rate_experiments.DelayedXORCredit`), on the held-out batches and with the rule options of
     :func:`alignment_trajectory` (its step 0). Returns a DataFrame: seed, rule, batch, cosine (all parameters)."""
-    if not isinstance(config, DelayedXORCredit):
-        raise ValueError(f"config must be a DelayedXORCredit, got {type(config).__name__}")
-    device = resolve_device(device)
-    training = config.build(device)
-    batches = _held_out(training, n_batches=n_batches, stream=stream, device=device)
-    table = gradient_cosines(training.model, training.objective, batches, rules,
-                             defaults=_rule_defaults(config, training))
+    training, batches, defaults = _prepared(config, {}, n_batches=n_batches, stream=stream, device=device)
+    table = gradient_cosines(training.model, training.objective, batches, rules, defaults=defaults)
     return _all_parameters(table, config.seed)[["seed", "rule", "batch", "cosine"]].reset_index(drop=True)
 
 
@@ -139,14 +140,11 @@ def alignment_trajectory(config, rules, *, n_steps, every, n_batches, stream="al
     data stream ``stream`` (distinct from ``"train"`` and ``"validation"``). Rule options default to those the
     config gives its own rule (``mu``, E/I cell types, ``seed``). Returns a DataFrame, one row per measured step,
     rule and batch: seed, step, rule, batch, cosine (all parameters concatenated); nothing is stored."""
-    if not isinstance(config, DelayedXORCredit):
-        raise ValueError(f"config must be a DelayedXORCredit, got {type(config).__name__}")
     require_integer(n_steps=n_steps, every=every)
     require_positive(n_steps=n_steps, every=every)
-    device = resolve_device(device)
-    training = replace(config, n_iterations=n_steps, eval_every=every).build(device)
-    batches = _held_out(training, n_batches=n_batches, stream=stream, device=device)
-    defaults, frames = _rule_defaults(config, training), []
+    training, batches, defaults = _prepared(config, dict(n_iterations=n_steps, eval_every=every),
+                                            n_batches=n_batches, stream=stream, device=device)
+    frames = []
 
     def measure(model):
         with torch.enable_grad():

@@ -17,10 +17,15 @@ from .checks import require_integer, require_nonnegative, require_positive
 from .lyapunov import flossing_loss, lyapunov_spectrum
 
 
+def cell_state_map(cell, coordinates=None):
+    """``cell``'s :class:`~rnnnotes.cells.StateMap`, in ``coordinates`` when given (e.g. ``"rate"``)."""
+    return cell.state_map() if coordinates is None else cell.state_map(coordinates)
+
+
 def cell_spectrum(cell, x, k, *, warmup, seed=0, coordinates=None):
     """The ``k`` largest exponents of ``cell`` driven by ``x (T, B, n_in)`` from its initial state (its state map
     in ``coordinates`` when given), averaged over the ``B`` trajectories."""
-    state_map = cell.state_map() if coordinates is None else cell.state_map(coordinates)
+    state_map = cell_state_map(cell, coordinates)
     h0 = state_map.pack(cell.initial_state(x.shape[1], device=x.device, dtype=x.dtype))
     return lyapunov_spectrum(state_map, h0, x, k, warmup=warmup, seed=seed)
 

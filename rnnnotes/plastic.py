@@ -192,21 +192,25 @@ def gradient_costs(forward_sizes, bptt_sizes, *, n_steps=66, seed=0, device="cpu
     ``forward_sizes`` and BPTT (:func:`bptt_gradient`; memory: the bytes autograd saves) at ``bptt_sizes``. One
     timed call each. Returns a DataFrame: method, N, seconds, MB."""
     device, rows = torch.device(device), []
-    for method, sizes in (("forward mode", forward_sizes), ("BPTT", bptt_sizes)):
+    methods = (("forward mode", forward_sizes, forward_mode_gradient), ("BPTT", bptt_sizes, bptt_gradient))
+    for method, sizes, gradient in methods:
         for n in sizes:
             g = generator(seed, "gradient-costs", n)
             net = PlasticRNN(n, seed=seed).double().to(device)
             u = torch.randn(n_steps, 1, n, dtype=torch.float64, generator=g).to(device)
             target = torch.randn(1, n, dtype=torch.float64, generator=g).to(device)
-            gradient = forward_mode_gradient if method == "forward mode" else bptt_gradient
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            gradient(net, u, target)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
-            memory = (forward_mode_bytes(n) if method == "forward mode"
-                      else autograd_saved_bytes(lambda: bptt_gradient(net, u, target))[1])
+            seconds = _seconds(lambda: gradient(net, u, target), device)
+            memory = (forward_mode_bytes(n) if gradient is forward_mode_gradient  # BPTT: a second, untimed call
+                      else autograd_saved_bytes(lambda: gradient(net, u, target))[1])
             rows.append({"method": method, "N": n, "seconds": seconds, "MB": memory / 1e6})
     return pd.DataFrame(rows)
+
+
+def _seconds(fn, device):
+    """Wall-clock seconds of one call of ``fn`` on ``device`` (CUDA synchronised before and after)."""
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda _: None)
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start

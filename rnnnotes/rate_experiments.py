@@ -11,7 +11,8 @@ from .cells import ALIF, RateRNN, VanillaRNN
 from .curvature import curvature_evaluator
 from .data import load_mnist
 from .experiments import adam_step_decay, deep_r
-from .flossing import Flossing, FlossingSchedule, cell_spectrum, original_warmup, spectrum_evaluator
+from .flossing import (Flossing, FlossingSchedule, cell_spectrum, cell_state_map, original_warmup,
+                       spectrum_evaluator)
 from .losses import Objective
 from .lyapunov import jacobian_log_singular_values
 from .model import Network, Readout
@@ -225,7 +226,7 @@ class GradientFlossing:
         r"""``(horizon, N)``: the log singular values (descending) of the long-term Jacobian :math:`D_t \cdots D_1`
         of ``model``'s cell after each step ``t``, from its initial state along the first ``"spectrum"`` sequence
         (:func:`~rnnnotes.lyapunov.jacobian_log_singular_values`)."""
-        state_map = model.cell.state_map() if self.coordinates is None else model.cell.state_map(self.coordinates)
+        state_map = cell_state_map(model.cell, self.coordinates)
         x = self.spectrum_inputs(1, horizon).to(next(model.parameters()).device)
         with torch.no_grad():
             h0 = state_map.pack(model.cell.initial_state(1, device=x.device))
