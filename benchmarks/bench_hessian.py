@@ -2,8 +2,9 @@
 
 The BiolHessRNN network (128 ReLU units, row-wise MNIST, Hessian w.r.t. W_rec of the cross-entropy on 256
 held-out digits), after a few SGD steps. Prints the number of Hessian-vector products (HVPs) and the wall time each
-method needs to get the top eigenvalue within 1e-3 of a tight reference, and the cost of one HVP (forward-over-
-reverse and double backward) relative to one gradient:
+method needs to get the top eigenvalue within 1e-3 of a tight reference, the HVPs each uses when left to its own
+stopping rule at tol 1e-3 (and the error of what it returns), and the cost of one HVP (forward-over-reverse and
+double backward) relative to one gradient:
     python benchmarks/bench_hessian.py
 Needs `pyhessian` (in requirements.txt). PyHessian's loss has no access to the weights, so both sides use the
 cross-entropy alone (no L2 term), and its power iteration finds the largest |eigenvalue|, so rnnnotes is asked for
@@ -43,9 +44,9 @@ def lanczos_to_accuracy(loss_fn, params, reference, accuracy, method, seed):
     raise RuntimeError("Lanczos did not reach the accuracy in 200 iterations")
 
 
-def pyhessian_to_accuracy(model, batch, reference, accuracy, max_iter, seed):
-    """PyHessian's own power iteration (tol 0, so it runs ``max_iter`` steps), with every HVP's estimate
-    ``<v, Hv>`` recorded; returns the HVPs and the time until the estimate first comes within ``accuracy``."""
+def pyhessian_run(model, batch, max_iter, tol, seed):
+    """PyHessian's own power iteration with every HVP's estimate ``<v, Hv>`` recorded: ``(estimates, seconds from
+    the start to each HVP, the eigenvalue it returns)``."""
     class LastStep(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -72,16 +73,34 @@ def pyhessian_to_accuracy(model, batch, reference, accuracy, max_iter, seed):
     try:
         engine = pyhessian.hessian(LastStep(), torch.nn.functional.cross_entropy,
                                    data=(batch.x, batch.y[-1]), cuda=False)
-        engine.eigenvalues(maxIter=max_iter, tol=0.0, top_n=1)
+        value = engine.eigenvalues(maxIter=max_iter, tol=tol, top_n=1)[0][0]
     finally:
         pyhessian_module.hessian_vector_product = original
         for p in model.parameters():
             p.requires_grad_(True)
             p.grad = None
+    return estimates, [t - start for t in stamps], value
+
+
+def pyhessian_to_accuracy(model, batch, reference, accuracy, max_iter, seed):
+    """PyHessian's power iteration run for ``max_iter`` steps (tol 0); the HVPs and the time until its estimate
+    first comes within ``accuracy``."""
+    estimates, seconds, _ = pyhessian_run(model, batch, max_iter, 0.0, seed)
     for i, value in enumerate(estimates):
         if abs(abs(value) - reference) <= accuracy * abs(reference):
-            return i + 1, stamps[i] - start
+            return i + 1, seconds[i]
     raise RuntimeError(f"PyHessian did not reach the accuracy in {max_iter} iterations")
+
+
+def own_stopping_rules(model, batch, loss_fn, params, reference, tol, seed):
+    """Each method left to its own stopping rule at ``tol``: PyHessian's (the estimate changes by less than ``tol``
+    relative, 100 iterations at most, its defaults) and rnnnotes' Lanczos (Ritz residual below ``tol`` times the
+    value). ``{method: (HVPs, relative error of the value returned)}``."""
+    estimates, _, value = pyhessian_run(model, batch, 100, tol, seed)
+    ours = hessian.top_eigenvalues(loss_fn, params, 1, largest_magnitude=True, tol=tol, max_iter=300,
+                                   eigenvectors=True, hvp="double_backward", seed=seed)
+    return {"PyHessian": (len(estimates), abs(abs(value) - reference) / reference),
+            "Lanczos": (ours.calls, abs(ours.values.item() - reference) / reference)}
 
 
 def options(argv=None):
@@ -112,11 +131,12 @@ def measure(args):
                   for s in seeds]
         ours = {method: [lanczos_to_accuracy(loss_fn, params, reference, args.accuracy, method, s) for s in seeds]
                 for method in hessian.METHODS}
+        own = [own_stopping_rules(model, batch, loss_fn, params, reference, args.accuracy, s) for s in seeds]
         v = {k: torch.randn_like(p) for k, p in params.items()}
         gradient = median_time(lambda: torch.func.grad(loss_fn)(params), args.repeats)
         hvp = {method: median_time(lambda: hessian.hvp(loss_fn, params, v, method=method), args.repeats)
                for method in hessian.METHODS}
-    return dict(reference=reference, theirs=theirs, ours=ours, gradient=gradient, hvp=hvp)
+    return dict(reference=reference, theirs=theirs, ours=ours, own=own, gradient=gradient, hvp=hvp)
 
 
 def means(runs):
@@ -135,6 +155,11 @@ def report(args, m):
         print(f"  rnnnotes Lanczos, {method} HVPs: {calls:.1f} HVPs ({', '.join(str(c) for c, _ in ours)}) "
               f"in {seconds:.2f} s; ratio to PyHessian: HVPs {calls / theirs_calls:.2f}, "
               f"time {seconds / theirs_time:.2f}")
+    for method in ("PyHessian", "Lanczos"):
+        calls, errors = zip(*(run[method] for run in m["own"]))
+        print(f"  left to its own stopping rule at tol {args.accuracy:g}, {method}: {statistics.mean(calls):.1f} HVPs "
+              f"({', '.join(str(c) for c in calls)}), relative error mean {statistics.mean(errors):.1e}, "
+              f"largest {max(errors):.1e}")
     print(f"one gradient {m['gradient'] * 1e3:.1f} ms; " + ", ".join(
         f"one HVP {method} {t * 1e3:.1f} ms ({t / m['gradient']:.2f}x)" for method, t in m["hvp"].items()))
 
@@ -142,12 +167,13 @@ def report(args, m):
 def rows(args, m):
     """Time to the top eigenvalue: rnnnotes' Lanczos (each HVP method) against PyHessian's power iteration."""
     theirs_calls, theirs_time = means(m["theirs"])
+    own = {method: statistics.mean(run[method][0] for run in m["own"]) for method in ("PyHessian", "Lanczos")}
     setting = f"{args.hidden} units, {args.train_steps} SGD steps, to {args.accuracy:g}, {args.seeds} start vectors"
     out = []
     for method, ours in m["ours"].items():
         calls, seconds = means(ours)
-        note = (f"HVPs {calls:.1f} vs {theirs_calls:.1f}; one HVP {m['hvp'][method] / m['gradient']:.1f}x "
-                f"a gradient")
+        note = (f"HVPs {calls:.1f} vs {theirs_calls:.1f} (own stopping rules: {own['Lanczos']:.1f} vs "
+                f"{own['PyHessian']:.1f}); one HVP {m['hvp'][method] / m['gradient']:.1f}x a gradient")
         out.append(row(f"Hessian top eigenvalue: Lanczos ({method}) vs PyHessian", setting, "cpu", seconds,
                        theirs_time, note))
     return out
