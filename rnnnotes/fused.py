@@ -290,6 +290,23 @@ def _matmul_add(c, a, b):
     return torch.addmm(c, a, b) if b.dim() == 2 else torch.baddbmm(c, a, b)
 
 
+def _matmul(a, b):
+    """``a @ b`` for matrices or stacks of them, without ``matmul``'s reshapes around a batched product."""
+    return torch.mm(a, b) if b.dim() == 2 else torch.bmm(a, b)
+
+
+_ACTIVATION_INTO = {  # phi(v) written into ``out``: one operation per step instead of phi and a copy
+    "tanh": lambda v, out: torch.tanh(v, out=out),
+    "relu": lambda v, out: torch.clamp_min(v, 0.0, out=out),
+}
+
+
+def _activation_into(activation):
+    """``phi_into(v, out)``: ``out`` set to :math:`\\phi(v)` and returned."""
+    phi = ACTIVATION_FUNCTIONS[activation][0]
+    return _ACTIVATION_INTO.get(activation, lambda v, out: out.copy_(phi(v)))
+
+
 def _rate_backward(grad_z, grad_v, Z, V, w, z0, k):
     """BPTT through the rate loop: the gradients of the drive (shaped like ``Z``), ``w`` and the initial ``v``,
     ``z``. Time is dimension 0, or 1 after a leading seed dimension (``w (S, n, n)``)."""
@@ -302,7 +319,7 @@ def _rate_backward(grad_z, grad_v, Z, V, w, z0, k):
         g_v = torch.addcmul(dv if grad_v is None else grad_v.select(time, t) + dv, gain.select(time, t), g_z,
                             out=G.select(time, t))
         dv = g_v * k.alpha
-        dz = zeros if k.cut else g_v @ w_back
+        dz = zeros if k.cut else _matmul(g_v, w_back)
     drive = G.mul_(1.0 - k.alpha)
     earlier = Z.narrow(time, 0, steps - 1).flatten(time, time + 1).transpose(-1, -2)  # z_{t-1}, t >= 1
     grad_w = z0.transpose(-1, -2) @ drive.select(time, 0) + earlier @ drive.narrow(time, 1, steps - 1).flatten(
@@ -318,11 +335,10 @@ class RateSequence(torch.autograd.Function):
     @staticmethod
     def forward(current, w, v, z, k, plain):
         Z, V, time = torch.empty_like(current), torch.empty_like(current), w.dim() - 2
-        phi = ACTIVATION_FUNCTIONS[k.activation][0]
+        phi_into = _activation_into(k.activation)
         for t in range(current.shape[time]):
             v = torch.lerp(_matmul_add(current.select(time, t), z, w), v, k.alpha, out=V.select(time, t))
-            z = Z.select(time, t)
-            z.copy_(phi(v))
+            z = phi_into(v, Z.select(time, t))
         return Z, V
 
     @staticmethod
