@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of the speed and scale goals, as one run on a lent GPU machine (about 6 minutes on an H200).
+# The GPU checks of the speed and scale goals, as one run on a lent GPU machine (estimated at 6 minutes on an H200).
 #
 #   bash benchmarks/device_checks.sh prepare   # here: the peers' wheels into .whl/ (pure Python, about 4 MB)
 #   bash benchmarks/device_checks.sh run       # there, with .whl carried; logs go to $OUT (else ./device_checks)
