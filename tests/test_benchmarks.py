@@ -68,3 +68,13 @@ def test_every_comparison_runs_at_its_quick_sizes(name):
     for r in timed:
         assert r["ours_s"] > 0 and r["reference_s"] > 0
         assert math.isclose(r["ratio"], r["reference_s"] / r["ours_s"])
+
+
+def test_paper_dry_run_shrinks_only_declared_parameters_of_every_notebook():
+    """A misspelt or renamed count in the dry run's table would stop it on the GPU machine; here it fails at once."""
+    from benchmarks import paper_dry_run
+    from rnnnotes.profiles import PROFILES, declared_parameters
+    assert sorted(paper_dry_run.SHRINK) == sorted(PROFILES)
+    for name, counts in paper_dry_run.SHRINK.items():
+        assert set(counts) <= set(declared_parameters(name)), name
+        assert all(isinstance(v, type(declared_parameters(name)[k])) for k, v in counts.items()), name
