@@ -76,5 +76,6 @@ def test_paper_dry_run_shrinks_only_declared_parameters_of_every_notebook():
     from rnnnotes.profiles import PROFILES, declared_parameters
     assert sorted(paper_dry_run.SHRINK) == sorted(PROFILES)
     for name, counts in paper_dry_run.SHRINK.items():
-        assert set(counts) <= set(declared_parameters(name)), name
-        assert all(isinstance(v, type(declared_parameters(name)[k])) for k, v in counts.items()), name
+        declared = declared_parameters(name)
+        assert set(counts) <= set(declared), name
+        assert all(isinstance(v, type(declared[k])) for k, v in counts.items()), name

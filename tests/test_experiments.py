@@ -81,11 +81,11 @@ def test_builders_assemble_their_pieces():
         spiking_experiments.SequentialMNIST(variant="lstm")
 
 
-
 def test_smnist_held_out_set_smaller_than_a_training_batch_is_evaluated_whole():
     setup = spiking_experiments.SequentialMNIST(n_regular=4, n_adaptive=4, batch_size=16, max_test=8).build("cpu")
     metrics = setup.evaluate(setup.model)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and float(metrics["accuracy"] * 8).is_integer(), "one batch of 8"
+
 
 @dataclass(frozen=True)
 class Broken:
