@@ -18,12 +18,13 @@ PROFILES = {
     },
     "02_store_recall": {  # the LSNN tutorial's task; book: no synaptic delays (3.5x cheaper on CPU), at most 150
         # steps (the LSNN stops at 115, the LIF control runs them all), validation every 5 steps, from rest; paper:
-        # the tutorial's protocol (validation every step, stopping rule checked every 20, state carried over)
+        # the tutorial's protocol (a fresh validation batch every step, stopping rule checked every 20, the training,
+        # validation and test states carried over)
         "smoke": {},
         "book": {"n_symbols": 12, "symbol_ms": 200, "batch_size": 128, "n_iterations": 150, "n_delay": 1,
                  "eval_every": 5, "stop_window": 4},
         "paper": {"n_symbols": 12, "symbol_ms": 200, "batch_size": 128, "n_iterations": 200, "eval_every": 1,
-                  "stop_window": 20, "stop_every": 20, "carry_state": True},
+                  "stop_window": 20, "stop_every": 20, "carry_state": True, "fresh_validation": True},
     },
     "03_smnist": {  # book: the two DEEP R networks x 2 seeds in 10 CPU minutes, no synaptic delays (2.5x cheaper
         # on CPU), the paper's lr 0.01 (at batch 64 over 300 steps the DEEP R LSNN's training loss fell faster than

@@ -2,17 +2,19 @@
 03), each a frozen config with ``build(device)`` (see :mod:`rnnnotes.experiments`)."""
 from dataclasses import dataclass, replace
 
+import torch
+
 from . import credit
 from .cells import ALIF
 from .data import load_mnist
 from .experiments import adam_step_decay, deep_r
 from .losses import Objective
-from .model import Network, Readout
+from .model import Carry, Network, Readout
 from .params import ALIFParams
 from .rewiring import neuron_signs
 from .seeding import generator
 from .tasks import SMNIST, TaskStream, store_recall, store_recall_trials
-from .train import FitConfig, Training, evaluator
+from .train import FitConfig, Training, evaluator, to_device
 
 
 @dataclass(frozen=True)
@@ -20,8 +22,10 @@ class StoreRecall:
     """LSNN store-recall (notebook 02): ``n_regular`` LIF + ``n_adaptive`` ALIF neurons (0: the LIF control), 100
     Poisson channels, leaky readout (tau_out = 20 ms), cross-entropy at the recall windows + rate regulariser; Adam
     with step decay; early stop once the mean validation accuracy of the last ``stop_window`` validations reaches
-    ``stop_accuracy``, checked every ``stop_every`` steps (the tutorial: 20); ``carry_state``: each training batch
-    starts from the state the previous one left (the tutorial does). ``rule``: BPTT; ``eprop`` for notebook 05."""
+    ``stop_accuracy``, checked every ``stop_every`` steps (the tutorial: 20); ``carry_state``: each batch starts
+    from the state the previous one left, the training, validation and test batches each in their own chain (the
+    tutorial does); ``fresh_validation``: a new validation batch at every evaluation (the tutorial) instead of one
+    fixed batch. ``rule``: BPTT; ``eprop`` for notebook 05."""
 
     notebook = "02_store_recall"
     rule: str = "bptt"
@@ -46,6 +50,7 @@ class StoreRecall:
     stop_window: int = 20
     stop_every: int = 1
     carry_state: bool = False
+    fresh_validation: bool = False
 
     def trials(self, stream, *, batch_size=None):
         """Store-recall trials with their symbols from the named data stream (``"train"``, ``"validation"``,
@@ -65,9 +70,24 @@ class StoreRecall:
         config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=10,
                            stop_metric="eval_accuracy", stop_at=self.stop_accuracy, stop_window=self.stop_window,
                            stop_every=self.stop_every, carry_state=self.carry_state)
-        validation = [self.trials("validation")(0).batch]
+        if not isinstance(self.fresh_validation, bool):
+            raise ValueError(f"fresh_validation must be True or False, got {self.fresh_validation!r}")
+        validation = self.trials("validation")
+        batches = (lambda step: [validation(step).batch]) if self.fresh_validation else [validation(0).batch]
+        evaluate = evaluator(objective, batches, carry=Carry() if self.carry_state else None)
         return Training(model, task, objective, optimizer, config, scheduler=scheduler,
-                        rule=credit.make_rule(self.rule, cell), evaluate=evaluator(objective, validation))
+                        rule=credit.make_rule(self.rule, cell), evaluate=evaluate)
+
+    def test(self, objective, model, n_batches=16):
+        """``objective``'s metrics of ``model`` averaged over ``n_batches`` test batches: each from the zero state,
+        or, with ``carry_state``, chained as the tutorial tests, the first from the state an unscored test batch
+        leaves (the tutorial starts from the state of its last validation batch)."""
+        stream, carry = self.trials("test"), Carry() if self.carry_state else None
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            if carry:
+                objective(model, to_device(stream(n_batches).batch, device), carry=carry)
+            return evaluator(objective, [stream(k).batch for k in range(n_batches)], carry=carry)(model)
 
 
 @dataclass(frozen=True)

@@ -70,15 +70,18 @@ def to_device(batch, device):
     return type(batch)(*(f.to(device) if torch.is_tensor(f) else f for f in batch))
 
 
-def evaluator(objective, batches):
+def evaluator(objective, batches, *, carry=None):
     """``evaluate(model, step)``: the objective's metrics averaged over ``batches``, exact gradients not needed;
     ``batches`` a fixed list, or ``batches(step)`` giving the list for an evaluation after ``step`` training steps
-    (a fresh validation set each time, as ModProp's protocol validates)."""
+    (a fresh validation set each time, as ModProp's protocol validates). Each batch starts from the zero state, or,
+    with ``carry`` (a :class:`~rnnnotes.model.Carry`, kept as ``evaluate.carry``), from the state the previous
+    batch left, across evaluations too, as the LSNN tutorials validate and test; :func:`fit` checkpoints it."""
     def evaluate(model, step=None):
         device = next(model.parameters()).device
         chosen = batches(step) if callable(batches) else batches
-        metrics = [objective(model, to_device(b, device))[1] for b in chosen]
+        metrics = [objective(model, to_device(b, device), **({"carry": carry} if carry else {}))[1] for b in chosen]
         return {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
+    evaluate.carry = carry
     return evaluate
 
 
@@ -92,7 +95,8 @@ class Training(NamedTuple):
     ``objective(model, batch, rule[, carry]) -> (loss, metrics)`` with ``optimizer`` (and ``scheduler``) for
     ``config.steps`` steps; ``rule`` changes how credit flows (never the forward values), ``rewiring`` (DEEP R)
     acts around each optimizer step, ``flossing`` (:class:`~rnnnotes.flossing.Flossing`) runs its due steps before
-    each task step, ``evaluate(model[, step]) -> dict`` is called without a rule (and from the zero state)."""
+    each task step, ``evaluate(model[, step]) -> dict`` is called without a rule (from the zero state, or from its
+    own carried state: :func:`evaluator`)."""
 
     model: Any
     task: Any
@@ -111,11 +115,17 @@ class Training(NamedTuple):
 
 
 def _state(step, rows, t, carry):
+    evaluation = _eval_carry(t)
     return {"step": step, "rows": rows, "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
             "scheduler": t.scheduler.state_dict() if t.scheduler else None,
             "rewiring": t.rewiring.state_dict() if t.rewiring else None,
             "flossing": t.flossing.state_dict() if t.flossing else None,
-            "carry": carry.state if carry else None}
+            "carry": carry.state if carry else None, "eval_carry": evaluation.state if evaluation else None}
+
+
+def _eval_carry(t):
+    """The :class:`~rnnnotes.model.Carry` of an evaluation that carries its state (:func:`evaluator`), or None."""
+    return getattr(t.evaluate, "carry", None)
 
 
 def _restore(ckpt, t, carry):
@@ -129,6 +139,9 @@ def _restore(ckpt, t, carry):
         t.flossing.load_state_dict(ckpt["flossing"])
     if carry:
         carry.state = ckpt["carry"]
+    evaluation = _eval_carry(t)
+    if evaluation:
+        evaluation.state = ckpt["eval_carry"]
     return ckpt["step"], ckpt["rows"]
 
 

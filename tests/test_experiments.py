@@ -1,6 +1,6 @@
 """Experiment builders, train_run's run key, sweeps of configs and the summary tables."""
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -9,6 +9,7 @@ import torch
 
 from rnnnotes import experiments, spiking_experiments, store, summary, sweep
 from rnnnotes.experiments import Run
+from rnnnotes.model import Carry
 from rnnnotes.rate_experiments import DelayedXORCredit
 from rnnnotes.spiking_experiments import StoreRecall
 
@@ -119,8 +120,6 @@ def test_tail_mean_and_final_table_by_hand():
 
 
 def test_curvature_run_stores_the_dense_hessians_top_eigenvalue(results):
-    from dataclasses import replace
-
     from rnnnotes import hessian
     from rnnnotes.curvature import hessian_loss
     from rnnnotes.rate_experiments import RowMNISTCurvature
@@ -150,13 +149,32 @@ def test_store_recall_lif_control_and_the_tutorials_protocol_options():
     with torch.no_grad():
         hidden = setup.model(control.trials("train")(0).batch.x).hidden
     assert hidden.z.sum() > 0 and torch.all(hidden.threshold == cell.params.thr), "no neuron adapts"
-    assert setup.config.stop_every == 1 and not setup.config.carry_state
-    tutorial = StoreRecall(stop_every=20, carry_state=True).build("cpu").config
-    assert tutorial.stop_every == 20 and tutorial.carry_state
+    assert setup.config.stop_every == 1 and not setup.config.carry_state and setup.evaluate.carry is None
+    tutorial = StoreRecall(stop_every=20, carry_state=True).build("cpu")
+    assert tutorial.config.stop_every == 20 and tutorial.config.carry_state and tutorial.evaluate.carry is not None
     for bad, name in ((dict(stop_every=0), "stop_every"), (dict(carry_state=1), "carry_state"),
-                      (dict(n_adaptive=-1), "n_adaptive")):
+                      (dict(fresh_validation=1), "fresh_validation"), (dict(n_adaptive=-1), "n_adaptive")):
         with pytest.raises(ValueError, match=name):
             StoreRecall(**bad).build("cpu")
+
+
+def test_store_recall_validates_a_fixed_or_a_fresh_batch_and_tests_from_rest_or_chained():
+    small = StoreRecall(n_symbols=4, symbol_ms=20, batch_size=4, n_delay=1)
+    fixed, fresh = small.build("cpu"), replace(small, fresh_validation=True).build("cpu")
+    with torch.no_grad():
+        assert fixed.evaluate(fixed.model, step=1) == fixed.evaluate(fixed.model, step=2)
+        assert fresh.evaluate(fresh.model, step=1) == fresh.evaluate(fresh.model, step=1)
+        assert fresh.evaluate(fresh.model, step=1) != fresh.evaluate(fresh.model, step=2)
+    carried = replace(small, carry_state=True)
+    rest, chained = small.test(fixed.objective, fixed.model, 2), carried.test(fixed.objective, fixed.model, 2)
+    stream = small.trials("test")
+    with torch.no_grad():  # the chain by hand: an unscored batch, then the two scored ones
+        carry = Carry()
+        fixed.objective(fixed.model, stream(2).batch, carry=carry)
+        by_hand = [fixed.objective(fixed.model, stream(k).batch, carry=carry)[1]["loss"] for k in range(2)]
+        from_rest = [fixed.objective(fixed.model, stream(k).batch)[1]["loss"] for k in range(2)]
+    assert chained["loss"] == pytest.approx(sum(by_hand) / 2, rel=1e-6)
+    assert rest["loss"] == pytest.approx(sum(from_rest) / 2, rel=1e-6) and rest["loss"] != chained["loss"]
 
 
 def test_original_curve_smooths_drops_the_worst_and_best_run_and_averages_by_hand():

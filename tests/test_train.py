@@ -12,7 +12,7 @@ import torch
 from rnnnotes import fused, store
 from rnnnotes.cells import ALIF
 from rnnnotes.losses import Objective
-from rnnnotes.model import Network, NetworkOutput, Readout
+from rnnnotes.model import Carry, Network, NetworkOutput, Readout
 from rnnnotes.tasks import TaskStream, delayed_xor
 from rnnnotes.train import FitConfig, Training, evaluator, fit
 
@@ -167,10 +167,22 @@ def _carry_problem():
     return model, task, torch.optim.Adam(model.parameters(), lr=0.05)
 
 
-def _carry_fit(steps, carry_state, run_dir=None, task=None):
+def _carry_fit(steps, carry_state, run_dir=None, task=None, evaluate=None):
     model, stream, opt = _carry_problem()
-    config = FitConfig(steps=steps, checkpoint_every=1, progress=False, carry_state=carry_state)
-    return model, fit(Training(model, task or stream, Objective(rate_weight=0.1), opt, config), run_dir=run_dir)
+    config = FitConfig(steps=steps, eval_every=1 if evaluate else 0, checkpoint_every=1, progress=False,
+                       carry_state=carry_state)
+    return model, fit(Training(model, task or stream, Objective(rate_weight=0.1), opt, config, evaluate=evaluate),
+                      run_dir=run_dir)
+
+
+def _hand_threaded(cell, batch, state):
+    """The cell's output on ``batch`` from ``state`` (None: rest), stepped by hand, and its final state, detached."""
+    state = state or cell.initial_state(batch.x.shape[1])
+    outputs = []
+    for i_t in cell.input_current(batch.x):
+        out, state = cell.step(i_t, state)
+        outputs.append(out)
+    return type(outputs[0])(*(torch.stack(o) for o in zip(*outputs))), type(state)(*(s.detach() for s in state))
 
 
 def test_carried_state_is_the_hand_threaded_state_of_the_previous_batch(tmp_path):
@@ -180,13 +192,7 @@ def test_carried_state_is_the_hand_threaded_state_of_the_previous_batch(tmp_path
     state, objective, losses = None, Objective(rate_weight=0.1), []
     for step in range(3):  # thread the state through cell.step by hand
         batch = task(step)
-        state = state or hand.cell.initial_state(batch.x.shape[1])
-        outputs = []
-        for i_t in hand.cell.input_current(batch.x):
-            out, state = hand.cell.step(i_t, state)
-            outputs.append(out)
-        hidden = type(outputs[0])(*(torch.stack(o) for o in zip(*outputs)))
-        state = type(state)(*(s.detach() for s in state))
+        hidden, state = _hand_threaded(hand.cell, batch, state)
         opt.zero_grad()
         loss, _ = objective.loss(NetworkOutput(hand.readout(hidden.z), hidden), batch, {})
         loss.backward()
@@ -215,5 +221,45 @@ def test_resume_with_carried_state_is_bitwise_identical(tmp_path):
     resumed_model, resumed = _carry_fit(6, True, run_dir=tmp_path / "resumed",
                                         task=lambda step: calls.append(step) or stream(step))
     assert calls == [4, 5], "the run resumes from its checkpoint after step 4"
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed_model.parameters()))
+    pd.testing.assert_frame_equal(reference.history, resumed.history)
+
+
+def test_carried_evaluation_chains_its_batches_across_evaluations_as_stepped_by_hand():
+    model, stream, _ = _carry_problem()
+    batches = [stream(100), stream(101)]
+    carried, rest = evaluator(Objective(), batches, carry=Carry()), evaluator(Objective(), batches)
+    with torch.no_grad():
+        first, second, from_rest = carried(model), carried(model), rest(model)
+        state, expected = None, []
+        for _ in range(2):  # two evaluations: four batches in one chain
+            losses = []
+            for batch in batches:
+                hidden, state = _hand_threaded(model.cell, batch, state)
+                losses.append(Objective().loss(NetworkOutput(model.readout(hidden.z), hidden), batch, {})[0].item())
+            expected.append(sum(losses) / 2)
+    assert [first["loss"], second["loss"]] == pytest.approx(expected, rel=1e-6, abs=0)
+    assert first["loss"] != pytest.approx(from_rest["loss"], rel=1e-6) and second["loss"] != first["loss"]
+
+
+def test_resume_with_carried_validation_is_bitwise_identical(tmp_path):
+    """The validation's own chain is checkpointed with the run: without it the resumed evaluations would restart
+    from rest and differ."""
+    stream = _carry_problem()[1]
+
+    def validation():
+        return evaluator(Objective(), lambda step: [stream(1000 + step)], carry=Carry())
+    for name in ("reference", "resumed"):
+        (tmp_path / name).mkdir()
+    model, reference = _carry_fit(6, True, run_dir=tmp_path / "reference", evaluate=validation())
+
+    def interrupted(step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return stream(step)
+    with pytest.raises(KeyboardInterrupt):
+        _carry_fit(6, True, run_dir=tmp_path / "resumed", task=interrupted, evaluate=validation())
+    resumed_model, resumed = _carry_fit(6, True, run_dir=tmp_path / "resumed", evaluate=validation())
+    assert reference.history["eval_loss"].notna().all()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed_model.parameters()))
     pd.testing.assert_frame_equal(reference.history, resumed.history)
