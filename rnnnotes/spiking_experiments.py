@@ -14,7 +14,7 @@ from .params import ALIFParams
 from .rewiring import neuron_signs
 from .seeding import generator
 from .tasks import SMNIST, TaskStream, store_recall, store_recall_trials
-from .train import FitConfig, Training, evaluator, to_device
+from .train import FitConfig, Training, evaluator
 
 
 @dataclass(frozen=True)
@@ -83,10 +83,9 @@ class StoreRecall:
         or, with ``carry_state``, chained as the tutorial tests, the first from the state an unscored test batch
         leaves (the tutorial starts from the state of its last validation batch)."""
         stream, carry = self.trials("test"), Carry() if self.carry_state else None
-        device = next(model.parameters()).device
         with torch.no_grad():
             if carry:
-                objective(model, to_device(stream(n_batches).batch, device), carry=carry)
+                evaluator(objective, [stream(n_batches).batch], carry=carry)(model)
             return evaluator(objective, [stream(k).batch for k in range(n_batches)], carry=carry)(model)
 
 
