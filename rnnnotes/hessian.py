@@ -5,9 +5,12 @@ sub-dict of a model's parameters, the rest held fixed inside ``loss_fn``);
 :math:`Hv = \nabla_\theta \langle \nabla_\theta L(\theta), v \rangle` is computed forward-over-reverse
 (``torch.func.jvp`` of ``torch.func.grad``) or by double backward. Lanczos with full reorthogonalisation finds the
 largest *algebraic* eigenvalues; PyHessian's power iteration with deflation (largest *magnitude*) is here for
-comparison. For spiking cells the Hessian is that of the surrogate gradient (the pseudo-derivative and its
-derivative), not of the spiking network's true, piecewise-constant loss.
+comparison, and finds the largest algebraic ones on the shifted operator :math:`H + |\lambda|_{max} I`. For
+spiking cells the Hessian is that of the surrogate gradient (the pseudo-derivative and its derivative), not of the
+spiking network's true, piecewise-constant loss.
 """
+import numbers
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -17,6 +20,10 @@ from . import fused
 from .seeding import generator
 
 METHODS = ("forward", "double_backward")
+
+
+class NotConvergedWarning(RuntimeWarning):
+    """An iterative eigensolver used ``max_iter`` steps before its estimates met ``tol``."""
 
 
 def _check_params(params):
@@ -35,6 +42,8 @@ def _check_vector(v, params):
         if not torch.is_tensor(v[name]) or v[name].shape != p.shape:
             raise ValueError(f"v[{name!r}] must be a tensor of shape {tuple(p.shape)}, got "
                              f"{tuple(v[name].shape) if torch.is_tensor(v[name]) else type(v[name]).__name__}")
+        if not bool(torch.isfinite(v[name]).all()):
+            raise ValueError(f"v[{name!r}] must be finite")
 
 
 def _finite(loss):
@@ -55,6 +64,8 @@ def hvp(loss_fn, params, v, *, method="forward"):
     if method == "forward":
         def loss_and_value(p):
             loss = loss_fn(p)
+            if not torch.is_tensor(loss) or loss.dim() != 0:
+                raise ValueError(f"loss_fn must return a finite scalar, got shape {tuple(getattr(loss, 'shape', ()))}")
             return loss, loss
         _, product, loss = jvp(grad(loss_and_value, has_aux=True), (primals,), (tangents,), has_aux=True)
         _finite(loss)
@@ -119,26 +130,61 @@ class Eigen(NamedTuple):
 def lanczos(op, k, *, tol=1e-6, max_iter=100, seed=0, largest_magnitude=False):
     r"""Lanczos with full reorthogonalisation: Krylov basis :math:`Q_m`, tridiagonal :math:`T_m = Q_m^T H Q_m`,
     Ritz pairs :math:`(\theta_i, Q_m s_i)`. Stops when the wanted Ritz values have residuals
-    :math:`|\beta_m s_{m,i}| \le tol \cdot \max(|\theta_i|, 10^{-12})`, the space is exhausted, or after
-    ``max_iter`` steps."""
+    :math:`|\beta_m s_{m,i}| \le tol \cdot \max(|\theta_i|, 10^{-12})`, after ``op.size`` steps (exact), or after
+    ``max_iter`` steps (with a :class:`NotConvergedWarning`). A Krylov space exhausted earlier (:math:`\beta_m = 0`:
+    an invariant subspace, e.g. of repeated eigenvalues such as the zeros of a masked diagonal) is continued from a
+    new random vector orthogonal to it, :math:`T_m` becoming block tridiagonal, so that repeated eigenvalues are
+    found as often as they occur; after such a restart the new block's extreme Ritz values must converge too (they
+    start inside the spectrum and may still outgrow the wanted ones)."""
     q = _random_unit(op, seed)
-    basis, alphas, betas = [q], [], []
-    for m in range(1, min(max_iter, op.size) + 1):
+    basis, alphas, betas, restarts, start = [q], [], [], 0, 0
+    steps = min(max_iter, op.size)
+    for m in range(1, steps + 1):
         w = op.matvec(basis[-1])
         alphas.append(torch.dot(w, basis[-1]))
         Q = torch.stack(basis, 1)
-        for _ in range(2):  # full reorthogonalisation, twice for safety
-            w = w - Q @ (Q.T @ w)
+        w = _orthogonal(w, Q)
         beta = w.norm()
         values, vectors, wanted = _ritz(alphas, betas, k, largest_magnitude)
+        exhausted = bool(beta <= 1e-12 * max(1.0, float(values.abs().max())))
         residual = (beta * vectors[-1, wanted]).abs()
-        done = m >= k and bool((residual <= tol * values[wanted].abs().clamp(min=1e-12)).all())
-        if done or m == op.size or beta <= 1e-12 * max(1.0, float(values.abs().max())):
+        converged = (m >= k and not exhausted and _small(residual, values[wanted], tol)
+                     and (start == 0 or _block_settled(alphas[start:], betas[start:], beta, tol, largest_magnitude)))
+        if converged or m == op.size:
             break
+        if m == steps:
+            warnings.warn(f"Lanczos: the {k} wanted Ritz values did not reach tol={tol:g} in max_iter={max_iter} "
+                          f"steps (largest relative residual {float((residual / values[wanted].abs()).max()):.2g})",
+                          NotConvergedWarning, stacklevel=3)
+            break
+        if exhausted:  # continue from a new direction: T_m gets a zero off-diagonal entry
+            restarts += 1
+            w, beta, start = _orthogonal(_random_unit(op, seed, restarts), Q), torch.zeros((), dtype=beta.dtype), m
+            basis.append(w / w.norm())
+        else:
+            basis.append(w / beta)
         betas.append(beta)
-        basis.append(w / beta)
     Q = torch.stack(basis[:len(alphas)], 1)
     return values[wanted], Q @ vectors[:, wanted], op.calls
+
+
+def _small(residual, values, tol):
+    """Whether every residual is at most ``tol`` relative to its Ritz value."""
+    return bool((residual <= tol * values.abs().clamp(min=1e-12)).all())
+
+
+def _block_settled(alphas, betas, beta, tol, largest_magnitude):
+    """Whether the last Lanczos block's largest Ritz value (and smallest, for ``largest_magnitude``) converged."""
+    values, vectors, _ = _ritz(alphas, betas, 0, False)  # ascending
+    ends = [0, -1] if largest_magnitude else [-1]
+    return _small((beta * vectors[-1, ends]).abs(), values[ends], tol)
+
+
+def _orthogonal(w, Q):
+    """``w`` with its components along the orthonormal columns of ``Q`` removed (twice, for safety)."""
+    for _ in range(2):
+        w = w - Q @ (Q.T @ w)
+    return w
 
 
 def _ritz(alphas, betas, k, largest_magnitude):
@@ -157,7 +203,8 @@ def _ritz(alphas, betas, k, largest_magnitude):
 def power_iteration(op, k, *, tol=1e-6, max_iter=100, seed=0):
     r"""PyHessian's power iteration with deflation: for each of ``k`` eigenvalues, repeat
     :math:`v \leftarrow Hv / \|Hv\|` (orthogonal to those found) until :math:`\lambda = v^T H v` changes by less
-    than ``tol`` relative. Finds the eigenvalues of largest *magnitude*, with their signs."""
+    than ``tol`` relative (else a :class:`NotConvergedWarning` after ``max_iter``). Finds the eigenvalues of
+    largest *magnitude*, with their signs, in the order found."""
     values, vectors = [], []
     for i in range(k):
         v = _random_unit(op, seed, i)
@@ -173,45 +220,93 @@ def power_iteration(op, k, *, tol=1e-6, max_iter=100, seed=0):
                 value = new
                 break
             value = new
+        else:
+            warnings.warn(f"power iteration: eigenvalue {i + 1} did not settle to tol={tol:g} in "
+                          f"max_iter={max_iter} steps", NotConvergedWarning, stacklevel=3)
         values.append(value)
         vectors.append(v)
     return torch.stack(values), torch.stack(vectors, 1), op.calls
 
 
+class _Shifted:
+    """The operator :math:`H + s I` (same counter of Hessian-vector products as ``op``)."""
+
+    def __init__(self, op, shift):
+        self.op, self.shift = op, shift
+        self.size, self.dtype, self.device = op.size, op.dtype, op.device
+
+    @property
+    def calls(self):
+        return self.op.calls
+
+    def matvec(self, x):
+        return self.op.matvec(x) + self.shift * x
+
+
+def _power_algebraic(op, k, **settings):
+    r"""The ``k`` largest algebraic eigenpairs by power iteration: after the dominant eigenvalue :math:`\lambda_d`,
+    on :math:`H + |\lambda_d| I`, whose spectrum lies in :math:`[0, 2|\lambda_d|]` with the same order."""
+    values, vectors, calls = power_iteration(op, 1, **settings)
+    if k == 1 and values[0] >= 0:
+        return values, vectors, calls
+    shift = values[0].abs()
+    values, vectors, calls = power_iteration(_Shifted(op, shift), k, **settings)
+    return values - shift, vectors, calls
+
+
 def top_eigenvalues(loss_fn, params, k=1, *, method="lanczos", **options):
     r"""The ``k`` largest **algebraic** eigenvalues of the Hessian of ``loss_fn`` at ``params``, descending.
 
-    ``method``: ``"lanczos"`` (default), ``"power"`` (PyHessian's, largest magnitude) or ``"dense"`` (small nets).
-    ``options``: ``tol`` (1e-6), ``max_iter`` (100), ``seed`` (0: the start vector's stream),
-    ``largest_magnitude`` (False; True gives the magnitudes :math:`|\lambda|` of the ``k`` eigenvalues largest in
-    magnitude, what the original BiolHessRNN power iteration reports), ``eigenvectors`` (False: return
-    :class:`Eigen` with the unit eigenvectors as columns), ``hvp`` (``"forward"`` or ``"double_backward"``).
+    ``method``: ``"lanczos"`` (default), ``"power"`` (PyHessian's power iteration with deflation; for the
+    algebraic eigenvalues run on :math:`H + |\lambda|_{max} I`) or ``"dense"`` (small nets).
+    ``options``: ``tol`` (1e-6), ``max_iter`` (100; at least ``k`` for Lanczos), ``seed`` (0: the start vector's
+    stream), ``largest_magnitude`` (False; True gives the magnitudes :math:`|\lambda|` of the ``k`` eigenvalues
+    largest in magnitude, descending, what the original BiolHessRNN power iteration reports), ``eigenvectors``
+    (False: return :class:`Eigen` with the unit eigenvectors as columns), ``hvp`` (``"forward"`` or
+    ``"double_backward"``). An iterative method that stops at ``max_iter`` warns (:class:`NotConvergedWarning`).
     """
     unknown = set(options) - {"tol", "max_iter", "seed", "largest_magnitude", "eigenvectors", "hvp"}
     if unknown:
         raise ValueError(f"unknown options {sorted(unknown)}; options: tol, max_iter, seed, largest_magnitude, "
                          f"eigenvectors, hvp")
+    if method not in ("lanczos", "power", "dense"):
+        raise ValueError(f"method must be 'lanczos', 'power' or 'dense', got {method!r}")
+    if options.get("hvp", "forward") not in METHODS:
+        raise ValueError(f"hvp must be one of {', '.join(METHODS)}, got {options['hvp']!r}")
     op = HessianOperator(loss_fn, params, method=options.get("hvp", "forward"))
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= op.size:
         raise ValueError(f"k must be an integer between 1 and the number of selected parameters ({op.size}), "
                          f"got {k!r}")
-    magnitude = options.get("largest_magnitude", False)
     settings = dict(tol=options.get("tol", 1e-6), max_iter=options.get("max_iter", 100), seed=options.get("seed", 0))
+    _check_settings(k, method, settings["tol"], settings["max_iter"])
+    magnitude, with_vectors = options.get("largest_magnitude", False), options.get("eigenvectors", False)
+    for name, flag in (("largest_magnitude", magnitude), ("eigenvectors", with_vectors)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
     if method == "lanczos":
         values, vectors, calls = lanczos(op, k, largest_magnitude=magnitude, **settings)
     elif method == "power":
-        values, vectors, calls = power_iteration(op, k, **settings)
-    elif method == "dense":
+        values, vectors, calls = (power_iteration if magnitude else _power_algebraic)(op, k, **settings)
+    else:
         all_values, all_vectors = torch.linalg.eigh(dense_hessian(loss_fn, params))
         wanted = torch.argsort(all_values.abs() if magnitude else all_values, descending=True)[:k]
         values, vectors, calls = all_values[wanted], all_vectors[:, wanted], 0
-    else:
-        raise ValueError(f"method must be 'lanczos', 'power' or 'dense', got {method!r}")
     if magnitude:
         values = values.abs()
-    if options.get("eigenvectors", False):
+    order = torch.argsort(values, descending=True)
+    values, vectors = values[order], vectors[:, order]
+    if with_vectors:
         return Eigen(values, vectors, calls)
     return values
+
+
+def _check_settings(k, method, tol, max_iter):
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 <= tol < float("inf"):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    least = k if method == "lanczos" else 1
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < least:
+        raise ValueError(f"max_iter must be an integer >= {least}" + (" (k) for Lanczos" if least > 1 else "") +
+                         f", got {max_iter!r}")
 
 
 def model_loss(model, loss, *, names):

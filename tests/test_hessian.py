@@ -77,8 +77,44 @@ def test_lanczos_finds_the_largest_algebraic_eigenvalues_when_the_largest_magnit
     torch.testing.assert_close(top, torch.tensor([4.0, 2.5, 1.0], dtype=torch.float64), rtol=1e-6, atol=0)
     magnitude = hessian.top_eigenvalues(loss_fn, params, k=2, largest_magnitude=True)
     torch.testing.assert_close(magnitude, torch.tensor([9.0, 4.0], dtype=torch.float64), rtol=1e-6, atol=0)
-    power = hessian.top_eigenvalues(loss_fn, params, k=1, method="power", tol=1e-12, max_iter=2000)
-    assert power.item() == pytest.approx(-9.0, rel=1e-6), "power iteration finds the largest magnitude, signed"
+    power = hessian.top_eigenvalues(loss_fn, params, k=2, method="power", tol=1e-12, max_iter=5000)
+    torch.testing.assert_close(power, torch.tensor([4.0, 2.5], dtype=torch.float64), rtol=1e-5, atol=0)
+    power = hessian.top_eigenvalues(loss_fn, params, k=2, method="power", largest_magnitude=True, tol=1e-12,
+                                    max_iter=5000)
+    torch.testing.assert_close(power, torch.tensor([9.0, 4.0], dtype=torch.float64), rtol=1e-5, atol=0)
+    dominant, _, _ = hessian.power_iteration(hessian.HessianOperator(loss_fn, params), 1, tol=1e-12, max_iter=2000)
+    assert dominant.item() == pytest.approx(-9.0, rel=1e-6), "PyHessian's iteration finds the largest magnitude"
+
+
+@pytest.mark.parametrize("spectrum, k, magnitude", [([5.0, 5.0, 1.0, 1.0, 1.0], 3, False), ([2.0] * 5, 2, False),
+                                                    ([4.0, 4.0, 4.0, -1.0, -1.0, -1.0], 2, True)])
+def test_lanczos_finds_repeated_eigenvalues_as_often_as_they_occur(spectrum, k, magnitude):
+    """A random start's Krylov space holds each distinct eigenvalue once: Lanczos must go on past it."""
+    loss_fn, params = _quadratic(spectrum)
+    exact = torch.tensor(sorted(spectrum, key=abs if magnitude else float, reverse=True)[:k], dtype=torch.float64)
+    top = hessian.top_eigenvalues(loss_fn, params, k=k, largest_magnitude=magnitude)
+    torch.testing.assert_close(top, exact.abs() if magnitude else exact, rtol=1e-8, atol=1e-10)
+
+
+def test_lanczos_finds_every_eigenvalue_of_a_recurrent_hessian_with_its_zero_diagonal():
+    """The Hessian over ``w_rec`` has one zero eigenvalue per masked diagonal entry."""
+    net, _, _ = _network_loss("rate")
+    x = torch.randn(10, 6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    loss_fn, params = hessian.model_loss(
+        net, lambda run, w: torch.nn.functional.cross_entropy(run(x).out[-1], labels), names=["cell.w_rec"])
+    exact = torch.linalg.eigvalsh(hessian.dense_hessian(loss_fn, params)).flip(0)
+    assert (exact.abs() < 1e-12).sum() >= 8
+    top = hessian.top_eigenvalues(loss_fn, params, k=64, tol=1e-10)
+    torch.testing.assert_close(top, exact, rtol=0, atol=1e-10)
+
+
+def test_iterative_methods_warn_when_max_iter_ends_before_tol():
+    loss_fn, params = _quadratic([-10.0, 5.0, 3.0, 1.0, -2.0, 0.5])
+    with pytest.warns(hessian.NotConvergedWarning, match="Lanczos"):
+        hessian.top_eigenvalues(loss_fn, params, k=3, max_iter=3, tol=1e-14)
+    with pytest.warns(hessian.NotConvergedWarning, match="power iteration"):
+        hessian.top_eigenvalues(loss_fn, params, k=1, method="power", max_iter=2)
 
 
 @pytest.mark.parametrize("kind", ["rate", "alif"])
@@ -164,6 +200,15 @@ def test_pyhessian_agrees_on_the_top_eigenvalue():
      "loss_fn must return a finite scalar"),
     (lambda f, p: hessian.top_eigenvalues(f, p, method="arnoldi"), "method must be"),
     (lambda f, p: hessian.top_eigenvalues(f, p, tolerance=1.0), "unknown options"),
+    (lambda f, p: hessian.top_eigenvalues(f, p, k=3, max_iter=2), r"max_iter must be an integer >= 3 \(k\)"),
+    (lambda f, p: hessian.top_eigenvalues(f, p, method="power", max_iter=0), "max_iter must be an integer >= 1"),
+    (lambda f, p: hessian.top_eigenvalues(f, p, tol=-1.0), "tol must be a finite number"),
+    (lambda f, p: hessian.top_eigenvalues(f, p, largest_magnitude="no"), "largest_magnitude must be True or False"),
+    (lambda f, p: hessian.top_eigenvalues(f, p, hvp="reverse"), "hvp must be one of"),
+    (lambda f, p: hessian.hvp(lambda q: f(q) * torch.ones(2), p, {k: torch.zeros_like(t) for k, t in p.items()}),
+     "loss_fn must return a finite scalar"),
+    (lambda f, p: hessian.hvp(f, p, {k: torch.full_like(t, float("nan")) for k, t in p.items()}),
+     r"v\['cell.w_in'\] must be finite"),
     (lambda f, p: hessian.model_loss(torch.nn.Linear(2, 2), lambda run, w: 0, names=["w_rec"]), "unknown"),
 ])
 def test_bad_input_is_named(call, message):
