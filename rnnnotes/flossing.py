@@ -1,6 +1,8 @@
 r"""Gradient flossing (Engelken 2023): gradient steps on :math:`\frac1k \sum_{i \le k} (\lambda_i - \lambda^*)^2`,
 the squared distance of the ``k`` largest Lyapunov exponents of the forward dynamics from a target (0: neither
-vanishing nor exploding gradients), before training and between task steps.
+vanishing nor exploding gradients), before training and between task steps. The mean over the ``k`` exponents is
+the original code's; the paper writes the sum (:func:`rnnnotes.lyapunov.flossing_loss` has both), and under Adam
+the two take the same steps up to Adam's epsilon.
 
 A :class:`Flossing` plugs into :func:`rnnnotes.train.fit` (``Training(flossing=...)``), which calls
 ``before_step(step)`` ahead of every task step. Each flossing step draws a fresh input sequence (batch 1, the
@@ -116,7 +118,7 @@ class Flossing:
         device = self.params[0].device
         x = self.inputs(self.done).x[:self.schedule.n_steps, :1].to(device)
         exponents = self.spectrum(x)
-        loss = flossing_loss(exponents, self.schedule.target)
+        loss = flossing_loss(exponents, self.schedule.target, reduction="mean")  # the original code
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         for p, g in zip(self.params, grads):
             p.grad = torch.zeros_like(p) if g is None else g

@@ -45,9 +45,23 @@ def tangent_step(step_fn, h, x, Q):
     return vmap(push, in_dims=2, out_dims=(None, 2))(Q)
 
 
+def _batched(step_fn, h0, inputs):
+    """One unbatched trajectory, ``h0 (N,)`` with ``inputs (T, ...)`` and ``step_fn`` on ``(N,)`` states, as a batch
+    of one: ``(step_fn, h0 (1, N), inputs (T, 1, ...))``; batched arguments unchanged. A :class:`StateMap` is
+    batched already, so only its arguments gain the batch dimension."""
+    if not torch.is_tensor(h0) or h0.dim() != 1 or not torch.is_tensor(inputs):
+        return step_fn, h0, inputs
+    if not isinstance(step_fn, StateMap):
+        user_step = step_fn
+
+        def step_fn(h, x):
+            return user_step(h[0], x[0]).unsqueeze(0)
+    return step_fn, h0.unsqueeze(0), inputs.unsqueeze(1)
+
+
 def _check(h0, inputs, k, t_ons, warmup):
     if not torch.is_tensor(h0) or h0.dim() != 2:
-        raise ValueError(f"h0 must be a tensor of shape (B, N), got {getattr(h0, 'shape', type(h0).__name__)}")
+        raise ValueError(f"h0 must be a tensor of shape (B, N) or (N,), got {getattr(h0, 'shape', type(h0).__name__)}")
     if not torch.is_tensor(inputs) or inputs.dim() < 2 or inputs.shape[1] != h0.shape[0]:
         raise ValueError(f"inputs must be a tensor (T, B, ...) with B = {h0.shape[0]} (the batch of h0), got "
                          f"{tuple(inputs.shape) if torch.is_tensor(inputs) else type(inputs).__name__}")
@@ -73,13 +87,15 @@ def lyapunov_spectrum(step_fn, h0, inputs, k, *, t_ons=1, warmup=0, seed=0, per_
 
     ``h0 (B, N)`` starts ``B`` trajectories driven by ``inputs (T, B, ...)``; each gets its own tangent basis
     (the same start ``Q_0`` from ``seed``). Returns ``(k,)``: each trajectory's exponents sorted descending, then
-    averaged over the ``B`` trajectories; ``per_trajectory=True`` returns them unaveraged, ``(B, k)``.
+    averaged over the ``B`` trajectories; ``per_trajectory=True`` returns them unaveraged, ``(B, k)``. One
+    trajectory may also be given unbatched: ``h0 (N,)``, ``inputs (T, ...)`` and ``step_fn`` on ``(N,)`` states.
     A QR is taken every ``t_ons`` steps and also after step ``warmup`` and after the last step, so a ``T`` that is
     not a multiple of ``t_ons`` ends with a shorter block. The ``warmup`` leading steps are run (with QR) but not
     counted: the exponents are the summed :math:`\log|R_{ii}|` of the later blocks over ``T - warmup`` steps.
     A non-finite value raises :class:`SpectrumDivergedError` naming the steps (1-based) of the QR block where it
     appeared.
     """
+    step_fn, h0, inputs = _batched(step_fn, h0, inputs)
     _check(h0, inputs, k, t_ons, warmup)
     T, B, N = inputs.shape[0], h0.shape[0], h0.shape[1]
     Q = random_basis(N, k, seed=seed, batch=B, dtype=h0.dtype, device=h0.device)
@@ -106,9 +122,15 @@ def lyapunov_spectrum(step_fn, h0, inputs, k, *, t_ons=1, warmup=0, seed=0, per_
     return exponents if per_trajectory else exponents.mean(0)
 
 
-def flossing_loss(exponents, target=0.0):
-    r"""Engelken's gradient-flossing loss :math:`\frac1k \sum_i (\lambda_i - \lambda^*)^2`."""
-    return (exponents - target).pow(2).mean()
+def flossing_loss(exponents, target=0.0, *, reduction="sum"):
+    r"""Engelken's gradient-flossing loss over the ``k`` exponents: the paper's
+    :math:`\sum_i (\lambda_i - \lambda^*)^2` (``reduction="sum"``), or the original code's mean
+    :math:`\frac1k \sum_i (\lambda_i - \lambda^*)^2` (``"mean"``, which :class:`~rnnnotes.flossing.Flossing`
+    minimises); they differ by the factor ``k`` only."""
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' (the paper) or 'mean' (the original code), got {reduction!r}")
+    squares = (exponents - target).pow(2)
+    return squares.sum() if reduction == "sum" else squares.mean()
 
 
 def jacobian_log_singular_values(step_fn, h0, inputs):
@@ -116,7 +138,9 @@ def jacobian_log_singular_values(step_fn, h0, inputs):
     :math:`D_t \cdots D_1` after every step ``t``. With :math:`D_t Q_{t-1} = Q_t R_t` and :math:`Q_0 = I`,
     :math:`D_t \cdots D_1 = Q_t R_t \cdots R_1`, so the singular values are those of the triangular product, kept
     normalised (its log scale carried apart) so that it neither overflows nor underflows. The condition number is
-    ``exp(s[..., 0] - s[..., -1])``. ``step_fn`` as in :func:`lyapunov_spectrum`."""
+    ``exp(s[..., 0] - s[..., -1])``. ``step_fn``, ``h0`` and ``inputs`` as in :func:`lyapunov_spectrum` (unbatched:
+    ``(T, 1, N)``)."""
+    step_fn, h0, inputs = _batched(step_fn, h0, inputs)
     _check(h0, inputs, 1, 1, 0)
     B, N = h0.shape
     Q = torch.eye(N, dtype=h0.dtype, device=h0.device).expand(B, N, N).clone()

@@ -114,8 +114,12 @@ def test_flossing_loss_gradient_matches_central_differences():
     assert grad.abs().max() > 1e-3
 
 
-def test_flossing_loss_is_the_mean_squared_distance_to_the_target():
-    assert flossing_loss(torch.tensor([0.0, -1.0, 2.0]), 1.0) == pytest.approx((1 + 4 + 1) / 3)
+def test_flossing_loss_sums_the_squared_distances_as_the_paper_or_averages_them_as_the_original_code():
+    exponents = torch.tensor([0.0, -1.0, 2.0])
+    assert flossing_loss(exponents, 1.0) == pytest.approx(1 + 4 + 1)
+    assert flossing_loss(exponents, 1.0, reduction="mean") == pytest.approx((1 + 4 + 1) / 3)
+    with pytest.raises(ValueError, match="reduction"):
+        flossing_loss(exponents, reduction="max")
 
 
 def test_long_term_jacobian_singular_values_match_the_dense_product():
@@ -193,9 +197,20 @@ def test_bad_arguments_are_named(kwargs, name):
         lyapunov_spectrum(_linear(torch.eye(3)), torch.ones(1, 3), torch.zeros(10, 1, 0), k, **args)
 
 
+def test_one_unbatched_trajectory_equals_a_batch_of_one():
+    W, w_in, x, h0 = _tanh_rnn(seed=4)
+    W = W.detach()
+    batched = lyapunov_spectrum(lambda h, s: torch.tanh(h) @ W + s @ w_in, h0, x, 3, warmup=10)
+    column = lyapunov_spectrum(lambda h, s: W.T @ torch.tanh(h) + w_in.T @ s, h0[0], x[:, 0], 3, warmup=10)
+    torch.testing.assert_close(column, batched, rtol=0, atol=1e-12)
+    singular = jacobian_log_singular_values(lambda h, s: W.T @ torch.tanh(h) + w_in.T @ s, h0[0], x[:5, 0])
+    torch.testing.assert_close(singular, jacobian_log_singular_values(
+        lambda h, s: torch.tanh(h) @ W + s @ w_in, h0, x[:5]), rtol=0, atol=1e-12)
+
+
 def test_mismatched_shapes_are_named():
     with pytest.raises(ValueError, match="h0"):
-        lyapunov_spectrum(_linear(torch.eye(3)), torch.ones(3), torch.zeros(10, 1, 0), 1)
+        lyapunov_spectrum(_linear(torch.eye(3)), torch.ones(1, 1, 3), torch.zeros(10, 1, 0), 1)
     with pytest.raises(ValueError, match="inputs"):
         lyapunov_spectrum(_linear(torch.eye(3)), torch.ones(2, 3), torch.zeros(10, 1, 0), 1)
 
