@@ -14,6 +14,7 @@ u_t)`, :math:`H_t = (1 - \eta') H_{t-1} + \eta' y_{t-1}^\top y_t`: the same traj
 and the rate :math:`\eta' = 1 - \eta` (``PlasticRNN(eta_is="rate")``).
 """
 import math
+import numbers
 import time
 from typing import NamedTuple
 
@@ -61,8 +62,10 @@ class PlasticRNN(nn.Module):
         require_integer(n=n)
         if n < 2:
             raise ValueError(f"n must be an integer >= 2, got {n!r}")
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+        if not isinstance(learn_eta, bool):
+            raise ValueError(f"learn_eta must be True or False, got {learn_eta!r}")
         if eta_is not in ("retention", "rate"):
             raise ValueError(f"eta_is must be 'retention' (BOHP) or 'rate' (differentiable plasticity), got {eta_is!r}")
         if init not in ("bohp", "dp"):
@@ -95,14 +98,23 @@ class PlasticRNN(nn.Module):
 
     def forward(self, u, state=None):
         """Run ``u (T, B, n)``: :class:`PlasticOutput` with ``y (T, B, n)`` and the final trace."""
-        if u.dim() != 3 or u.shape[2] != self.n:
-            raise ValueError(f"u must have shape (T, B, {self.n}), got {tuple(u.shape)}")
-        state = self.initial_state(u.shape[1], device=u.device, dtype=u.dtype) if state is None else state
+        self.check_input(u)
+        if state is None:
+            state = self.initial_state(u.shape[1], device=u.device, dtype=u.dtype)
+        elif not isinstance(state, PlasticState) or state.y.shape != (u.shape[1], self.n):
+            raise ValueError(f"state must be a PlasticState for batch {u.shape[1]} and n = {self.n}")
         w, alpha, ys = self.w, self.plastic_weights(), []
         for u_t in u:
             out, state = plastic_step(u_t, state, w, alpha, self.eta)
             ys.append(out.y)
         return PlasticOutput(y=torch.stack(ys), hebb=state.hebb)
+
+    def check_input(self, u):
+        """Raise ``ValueError`` naming ``u`` unless it is a ``(T >= 1, B, n)`` tensor of the weights' dtype."""
+        if not torch.is_tensor(u) or u.dim() != 3 or u.shape[0] < 1 or u.shape[2] != self.n:
+            raise ValueError(f"u must have shape (T >= 1, B, {self.n}), got {tuple(getattr(u, 'shape', ()))}")
+        if u.dtype != self.w.dtype:
+            raise ValueError(f"u must have the weights' dtype {self.w.dtype}, got {u.dtype}")
 
     def state_map(self):
         """The step on the flat state ``h = [y(t-1), y(t-2), vec H]``, ``(B, 2n + n^2)`` (:class:`StateMap`)."""
@@ -125,11 +137,21 @@ def final_loss(y_last, target):
     return 0.5 * error.pow(2).sum()
 
 
+def _check_target(net, u, target):
+    net.check_input(u)
+    if not torch.is_tensor(target) or tuple(target.shape) != (u.shape[1], net.n):
+        raise ValueError(f"target must have shape (B, n) = ({u.shape[1]}, {net.n}), the last step's, got "
+                         f"{tuple(getattr(target, 'shape', ()))}")
+
+
 def bptt_gradient(net, u, target):
-    """``(loss, {"w": dL/dw, "alpha": dL/dalpha})`` of :func:`final_loss` at the last step, by autograd."""
+    """``(loss, {"w": dL/dw, "alpha": dL/dalpha})`` of :func:`final_loss` at the last step, by autograd (and
+    ``"eta"`` when ``net`` learns it)."""
+    _check_target(net, u, target)
     loss = final_loss(net(u).y[-1], target)
-    grad_w, grad_alpha = torch.autograd.grad(loss, [net.w, net.alpha])
-    return loss.detach(), {"w": grad_w, "alpha": grad_alpha}
+    names = ["w", "alpha"] + (["eta"] if net.eta.requires_grad else [])
+    grads = torch.autograd.grad(loss, [getattr(net, name) for name in names])
+    return loss.detach(), dict(zip(names, grads))
 
 
 def forward_mode_bytes(n, batch=1, dtype=torch.float64):
@@ -152,8 +174,12 @@ def forward_mode_gradient(net, u, target):
 
     the direct term of :math:`w_{ab}` being :math:`\delta_{kb}\, y_a(t-1)` and of :math:`\alpha_{ab}`
     :math:`\delta_{kb}\, y_a(t-1) H_{ab}(t)` (zero for :math:`a = b`). Refuses an ``n`` whose carried tensors would
-    not fit in the available memory. ``eta`` is taken as fixed (no gradient for it).
+    not fit in the available memory. ``eta`` is fixed, as in BOHP: a network that learns it is refused.
     """
+    _check_target(net, u, target)
+    if net.eta.requires_grad:
+        raise ValueError("forward_mode_gradient holds eta fixed (BOHP); this network learns it (learn_eta=True): "
+                         "use bptt_gradient")
     T, B, n = u.shape
     need, free = forward_mode_bytes(n, B, u.dtype), available_bytes(u.device)
     if need > free:

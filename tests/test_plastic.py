@@ -95,10 +95,39 @@ def test_forward_mode_refuses_what_does_not_fit():
 
 @pytest.mark.parametrize("kwargs, name", [
     (dict(n=1), "n"), (dict(n=4, eta=1.5), "eta"), (dict(n=4, eta=-0.1), "eta"), (dict(n=4, eta_is="decay"), "eta_is"),
-    (dict(n=4, init="xavier"), "init")])
+    (dict(n=4, init="xavier"), "init"), (dict(n=4, learn_eta="yes"), "learn_eta")])
 def test_bad_network_arguments_are_named(kwargs, name):
     with pytest.raises(ValueError, match=name):
         PlasticRNN(**kwargs)
+
+
+@pytest.mark.parametrize("gradient", [forward_mode_gradient, bptt_gradient])
+@pytest.mark.parametrize("u_shape, target_shape, dtype, message", [
+    ((5, 2, 4), (2, 4), torch.float32, "dtype"), ((5, 4), (2, 4), torch.float64, "u must have shape"),
+    ((5, 2, 5), (2, 4), torch.float64, "u must have shape"), ((0, 2, 4), (2, 4), torch.float64, "u must have shape"),
+    ((5, 2, 4), (2, 5), torch.float64, "target must have shape"),
+    ((5, 2, 4), (5, 2, 4), torch.float64, "target must have shape")])
+def test_bad_episodes_are_named_by_both_gradients(gradient, u_shape, target_shape, dtype, message):
+    net = PlasticRNN(4, seed=0).double()
+    with pytest.raises(ValueError, match=message):
+        gradient(net, torch.zeros(u_shape, dtype=dtype), torch.zeros(target_shape, dtype=torch.float64))
+
+
+def test_a_learned_eta_gets_its_gradient_by_bptt_and_is_refused_by_the_forward_mode():
+    net = PlasticRNN(4, eta=0.9, learn_eta=True, seed=0).double()
+    u = torch.randn(6, 2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    target = torch.ones(2, 4, dtype=torch.float64) * 0.5
+    _, grads = bptt_gradient(net, u, target)
+    eps = 1e-6
+    with torch.no_grad():
+        net.eta += eps
+        up = final_loss(net(u).y[-1], target)
+        net.eta -= 2 * eps
+        down = final_loss(net(u).y[-1], target)
+    assert abs(grads["eta"].item()) > 1e-3
+    assert grads["eta"].item() == pytest.approx(((up - down) / (2 * eps)).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="learn_eta"):
+        forward_mode_gradient(net, u, target)
 
 
 @pytest.mark.parametrize("kwargs, name", [
