@@ -64,6 +64,7 @@ class _Recurrent(nn.Module):
 
     def __init__(self, n_in, n, params, *, gain=1.0, seed=None):
         super().__init__()
+        require_integer(n_in=n_in, n=n)
         require_positive(n_in=n_in, n=n, gain=gain)
         self.n_in, self.n, self.params = int(n_in), int(n), params
         self.seed = resolve_seed(seed)
@@ -111,6 +112,8 @@ class _Recurrent(nn.Module):
         plain path (the fused loops keep no state); input currents still in flight on delayed synapses are not
         part of a state."""
         require_shape("x", x, (None, None, self.n_in))
+        if x.dtype != self.w_in.dtype:
+            raise ValueError(f"x must have the weights' dtype {self.w_in.dtype}, got {x.dtype}")
         state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype) if state is None else state
         current, w_rec, params = self.input_current(x), self.step_weights(), self.step_params()
         if final:
@@ -152,6 +155,8 @@ class _Recurrent(nn.Module):
         return type(outputs[0])(*(torch.cat(o) for o in zip(*outputs)))
 
     def _zeros(self, batch, width, device, dtype):
+        require_integer(batch=batch)
+        require_positive(batch=batch)
         return torch.zeros(batch, width, device=device or self.w_in.device, dtype=dtype or self.w_in.dtype)
 
     def state_map(self):
@@ -264,6 +269,8 @@ class VanillaRNN(RateRNN):
         return x @ self.w_in / self.n_in + self.b
 
     def initial_state(self, batch, *, device=None, dtype=None):
+        require_integer(batch=batch)
+        require_positive(batch=batch)
         index = torch.arange(batch, device=self.x0.device) % self.x0.shape[0]
         v = self.x0[index].to(device=device or self.x0.device, dtype=dtype or self.x0.dtype)
         return RateState(v=v, z=torch.tanh(v))
@@ -370,6 +377,7 @@ class ALIF(_SpikingLayer):
     step_function = staticmethod(F.alif_step)
 
     def __init__(self, n_in, n_regular, n_adaptive, params=None, *, seed=None, **overrides):
+        require_integer(n_regular=n_regular, n_adaptive=n_adaptive)
         if n_regular < 0 or n_adaptive < 0 or n_regular + n_adaptive <= 0:
             raise ValueError(f"n_regular and n_adaptive must be >= 0 with a positive sum, "
                              f"got n_regular={n_regular}, n_adaptive={n_adaptive}")
@@ -378,7 +386,9 @@ class ALIF(_SpikingLayer):
             raise ValueError("ALIF takes a number beta for its adaptive neurons; per-neuron values go in the buffer")
         super().__init__(n_in, n_regular + n_adaptive, params, seed=seed)
         self.n_regular, self.n_adaptive = int(n_regular), int(n_adaptive)
-        self.register_buffer("beta", torch.cat([torch.zeros(n_regular), torch.full((n_adaptive,), float(params.beta))]))
+        # float64, so that a float64 cell holds beta exactly; the step casts it to the weights' dtype
+        self.register_buffer("beta", torch.cat([torch.zeros(n_regular, dtype=torch.float64),
+                                                torch.full((n_adaptive,), float(params.beta), dtype=torch.float64)]))
 
     def step_params(self):
         return replace(self.params, beta=self.beta.to(self.w_in.dtype))

@@ -4,9 +4,9 @@ import numbers
 
 
 def require_positive(**values):
-    """Raise ``ValueError`` naming the first argument that is not a positive number."""
+    """Raise ``ValueError`` naming the first argument that is not a finite number > 0."""
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
             raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 

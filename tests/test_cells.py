@@ -53,7 +53,7 @@ def test_alif_matches_independent_numpy_simulation(n_delay, fast):
     with torch.no_grad():
         out = cell(x, fast=fast)
     z, v, A = numpy_alif(x.numpy(), cell.w_in.detach().numpy(), cell.w_rec.detach().numpy(),
-                         cell.delay_in.numpy(), cell.delay_rec.numpy(), cell.beta.double().numpy(),
+                         cell.delay_in.numpy(), cell.delay_rec.numpy(), np.array([0.0] * 3 + [1.6] * 3),
                          n_delay=n_delay, **params)
     assert z.sum() > 20, "the trace should contain spikes"
     # refractoriness is exercised: some step after a spike would have crossed threshold without it
@@ -185,6 +185,15 @@ def test_float32_and_float64():
     (lambda: LIF(2, 0), "n"),
     (lambda: RateRNN(2, 3, tau=0), "tau"),
     (lambda: RateRNN(2, 3, activation="sigmoid"), "activation"),
+    (lambda: ALIF(2.5, 2, 2), "n_in"),
+    (lambda: ALIF(2, 2.5, 2), "n_regular"),
+    (lambda: ALIF(2, 2, "3"), "n_adaptive"),
+    (lambda: LIF(2, 2.5), "n"),
+    (lambda: ALIF(2, 2, 2, thr=float("inf")), "thr"),
+    (lambda: ALIF(2, 2, 2, tau_a=float("inf")), "tau_a"),
+    (lambda: RateRNN(2, 3, tau=float("inf")), "tau"),
+    (lambda: ALIF(2, 2, 2).initial_state(-1), "batch"),
+    (lambda: LIF(2, 3).initial_state(2.5), "batch"),
 ])
 def test_bad_parameters_are_named(make, name):
     with pytest.raises(ValueError, match=name):
@@ -196,3 +205,5 @@ def test_mismatched_input_shape_is_named():
         ALIF(3, 2, 2)(torch.zeros(5, 2, 4))
     with pytest.raises(ValueError, match="x must have shape"):
         RateRNN(3, 2)(torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="x must have the weights' dtype torch.float32, got torch.float64"):
+        ALIF(3, 2, 2)(torch.zeros(5, 2, 3, dtype=torch.float64))
