@@ -113,6 +113,12 @@ def test_bad_episodes_are_named_by_both_gradients(gradient, u_shape, target_shap
         gradient(net, torch.zeros(u_shape, dtype=dtype), torch.zeros(target_shape, dtype=torch.float64))
 
 
+def test_a_state_of_another_batch_is_named():
+    net = PlasticRNN(4, seed=0)
+    with pytest.raises(ValueError, match="state must be a PlasticState for batch 2"):
+        net(torch.zeros(5, 2, 4), net.initial_state(3))
+
+
 def test_a_learned_eta_gets_its_gradient_by_bptt_and_is_refused_by_the_forward_mode():
     net = PlasticRNN(4, eta=0.9, learn_eta=True, seed=0).double()
     u = torch.randn(6, 2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
