@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from . import credit, numerics, resolve_device
-from .checks import require_integer, require_positive
+from .checks import require_count
 from .model import Network
 from .rate_experiments import DelayedXORCredit
 from .tasks import TaskStream
@@ -109,8 +109,7 @@ def _prepared(config, overrides, *, n_batches, stream, device):
     :func:`_rule_defaults`."""
     if not isinstance(config, DelayedXORCredit):
         raise ValueError(f"config must be a DelayedXORCredit, got {type(config).__name__}")
-    require_integer(n_batches=n_batches)
-    require_positive(n_batches=n_batches)
+    require_count(n_batches=n_batches)
     if stream in ("train", "validation"):
         raise ValueError(f"stream must differ from the training and validation streams, got {stream!r}")
     device = resolve_device(device)
@@ -140,8 +139,7 @@ def alignment_trajectory(config, rules, *, n_steps, every, n_batches, stream="al
     data stream ``stream`` (distinct from ``"train"`` and ``"validation"``). Rule options default to those the
     config gives its own rule (``mu``, E/I cell types, ``seed``). Returns a DataFrame, one row per measured step,
     rule and batch: seed, step, rule, batch, cosine (all parameters concatenated); nothing is stored."""
-    require_integer(n_steps=n_steps, every=every)
-    require_positive(n_steps=n_steps, every=every)
+    require_count(n_steps=n_steps, every=every)
     training, batches, defaults = _prepared(config, dict(n_iterations=n_steps, eval_every=every),
                                             n_batches=n_batches, stream=stream, device=device)
     frames = []

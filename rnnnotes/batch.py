@@ -3,7 +3,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .checks import require_integer, require_positive, require_shape
+from .checks import require_count, require_shape
 from .losses import LOSSES
 
 
@@ -40,8 +40,7 @@ def _check_batch(batch):
     x, y, mask, window, loss = batch.x, batch.y, batch.mask, batch.window, batch.loss
     if not isinstance(loss, str) or loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
-    require_positive(window=window)
-    require_integer(window=window)
+    require_count(window=window)
     for name, value in (("x", x), ("y", y), ("mask", mask)):
         if not torch.is_tensor(value):
             raise ValueError(f"{name} must be a tensor, got {type(value).__name__}")

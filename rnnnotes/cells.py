@@ -17,7 +17,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from . import functional as F, fused
-from .checks import require_integer, require_positive, require_shape
+from .checks import require_count, require_integer, require_positive, require_shape
 from .params import ALIFParams, LIFParams, RateParams, VanillaInit, with_overrides
 from .functional import RateOutput, RateState, SpikeFunction, SpikingOutput, SpikingState, spike  # noqa: F401
 from .seeding import generator, resolve_seed
@@ -64,8 +64,8 @@ class _Recurrent(nn.Module):
 
     def __init__(self, n_in, n, params, *, gain=1.0, seed=None):
         super().__init__()
-        require_integer(n_in=n_in, n=n)
-        require_positive(n_in=n_in, n=n, gain=gain)
+        require_count(n_in=n_in, n=n)
+        require_positive(gain=gain)
         self.n_in, self.n, self.params = int(n_in), int(n), params
         self.seed = resolve_seed(seed)
         self._graphs = {}  # CUDA graphs of the fused time loop, by shapes (rnnnotes.fused)
@@ -121,8 +121,7 @@ class _Recurrent(nn.Module):
                 raise ValueError("final=True runs the plain path, without fast=True or checkpoint")
             return self._loop(current, w_rec, state, params, recurrent or F.recurrent_input)
         if checkpoint is not None:
-            require_positive(checkpoint=checkpoint)
-            require_integer(checkpoint=checkpoint)
+            require_count(checkpoint=checkpoint)
             if fast:
                 raise ValueError("checkpoint runs the plain path; the fused path saves only its outputs already")
             return self._chunked(current, w_rec, state, params, recurrent or F.recurrent_input, int(checkpoint))
@@ -155,8 +154,7 @@ class _Recurrent(nn.Module):
         return type(outputs[0])(*(torch.cat(o) for o in zip(*outputs)))
 
     def _zeros(self, batch, width, device, dtype):
-        require_integer(batch=batch)
-        require_positive(batch=batch)
+        require_count(batch=batch)
         return torch.zeros(batch, width, device=device or self.w_in.device, dtype=dtype or self.w_in.dtype)
 
     def state_map(self):
@@ -245,8 +243,7 @@ class VanillaRNN(RateRNN):
     def __init__(self, n_in, n, init=None, *, n_initial=1, seed=None):
         super().__init__(n_in, n, RateParams.leak_free(), seed=seed)
         self.init = VanillaInit() if init is None else init
-        require_positive(n_initial=n_initial)
-        require_integer(n_initial=n_initial)
+        require_count(n_initial=n_initial)
         g = generator(self.seed, "vanilla-weights")
         with torch.no_grad():
             if self.init.orthogonal:
@@ -269,8 +266,7 @@ class VanillaRNN(RateRNN):
         return x @ self.w_in / self.n_in + self.b
 
     def initial_state(self, batch, *, device=None, dtype=None):
-        require_integer(batch=batch)
-        require_positive(batch=batch)
+        require_count(batch=batch)
         index = torch.arange(batch, device=self.x0.device) % self.x0.shape[0]
         v = self.x0[index].to(device=device or self.x0.device, dtype=dtype or self.x0.dtype)
         return RateState(v=v, z=torch.tanh(v))
@@ -386,9 +382,8 @@ class ALIF(_SpikingLayer):
             raise ValueError("ALIF takes a number beta for its adaptive neurons; per-neuron values go in the buffer")
         super().__init__(n_in, n_regular + n_adaptive, params, seed=seed)
         self.n_regular, self.n_adaptive = int(n_regular), int(n_adaptive)
-        # float64, so that a float64 cell holds beta exactly; the step casts it to the weights' dtype
-        self.register_buffer("beta", torch.cat([torch.zeros(n_regular, dtype=torch.float64),
-                                                torch.full((n_adaptive,), float(params.beta), dtype=torch.float64)]))
+        beta = [0.0] * self.n_regular + [float(params.beta)] * self.n_adaptive  # float64: exact in a float64 cell
+        self.register_buffer("beta", torch.tensor(beta, dtype=torch.float64))  # the step casts it to w_in's dtype
 
     def step_params(self):
         return replace(self.params, beta=self.beta.to(self.w_in.dtype))
@@ -402,5 +397,4 @@ class LIF(_SpikingLayer):
     step_function = staticmethod(F.lif_step)
 
     def __init__(self, n_in, n, params=None, *, seed=None, **overrides):
-        require_positive(n=n)
         super().__init__(n_in, n, with_overrides(LIFParams, params, overrides), seed=seed)

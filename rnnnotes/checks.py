@@ -25,6 +25,19 @@ def require_integer(**values):
             raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
+def require_count(**values):
+    """Raise ``ValueError`` naming the first argument that is not an integer, then the first that is not > 0."""
+    require_integer(**values)
+    require_positive(**values)
+
+
+def require_bool(**values):
+    """Raise ``ValueError`` naming the first argument that is not ``True`` or ``False``."""
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def require_nonnegative(**values):
     """Raise ``ValueError`` naming the first argument that is not a finite number >= 0."""
     for name, value in values.items():

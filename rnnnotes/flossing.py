@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import require_integer, require_nonnegative, require_positive
+from .checks import require_count, require_integer, require_nonnegative, require_positive
 from .lyapunov import flossing_loss, lyapunov_spectrum
 
 
@@ -130,8 +130,7 @@ class Flossing:
 
     def run(self, n):
         """``n`` (>= 1) flossing steps; the log fields of the first and last."""
-        require_integer(n=n)
-        require_positive(n=n)
+        require_count(n=n)
         losses = []
         for _ in range(n):
             loss, exponents = self.step()

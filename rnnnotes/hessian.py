@@ -9,7 +9,6 @@ comparison, and finds the largest algebraic ones on the shifted operator :math:`
 spiking cells the Hessian is that of the surrogate gradient (the pseudo-derivative and its derivative), not of the
 spiking network's true, piecewise-constant loss.
 """
-import numbers
 import warnings
 from typing import NamedTuple
 
@@ -17,6 +16,7 @@ import torch
 from torch.func import functional_call, grad, jvp
 
 from . import fused
+from .checks import require_bool, require_nonnegative
 from .seeding import generator
 
 METHODS = ("forward", "double_backward")
@@ -280,9 +280,7 @@ def top_eigenvalues(loss_fn, params, k=1, *, method="lanczos", **options):
     settings = dict(tol=options.get("tol", 1e-6), max_iter=options.get("max_iter", 100), seed=options.get("seed", 0))
     _check_settings(k, method, settings["tol"], settings["max_iter"])
     magnitude, with_vectors = options.get("largest_magnitude", False), options.get("eigenvectors", False)
-    for name, flag in (("largest_magnitude", magnitude), ("eigenvectors", with_vectors)):
-        if not isinstance(flag, bool):
-            raise ValueError(f"{name} must be True or False, got {flag!r}")
+    require_bool(largest_magnitude=magnitude, eigenvectors=with_vectors)
     if method == "lanczos":
         values, vectors, calls = lanczos(op, k, largest_magnitude=magnitude, **settings)
     elif method == "power":
@@ -301,8 +299,7 @@ def top_eigenvalues(loss_fn, params, k=1, *, method="lanczos", **options):
 
 
 def _check_settings(k, method, tol, max_iter):
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 <= tol < float("inf"):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    require_nonnegative(tol=tol)
     least = k if method == "lanczos" else 1
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < least:
         raise ValueError(f"max_iter must be an integer >= {least}" + (" (k) for Lanczos" if least > 1 else "") +

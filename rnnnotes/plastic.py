@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .cells import StateMap
-from .checks import require_integer
+from .checks import require_bool, require_integer
 from .memory import autograd_saved_bytes, available_bytes
 from .seeding import generator, resolve_seed
 
@@ -64,8 +64,7 @@ class PlasticRNN(nn.Module):
             raise ValueError(f"n must be an integer >= 2, got {n!r}")
         if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
-        if not isinstance(learn_eta, bool):
-            raise ValueError(f"learn_eta must be True or False, got {learn_eta!r}")
+        require_bool(learn_eta=learn_eta)
         if eta_is not in ("retention", "rate"):
             raise ValueError(f"eta_is must be 'retention' (BOHP) or 'rate' (differentiable plasticity), got {eta_is!r}")
         if init not in ("bohp", "dp"):

@@ -6,6 +6,7 @@ import torch
 
 from . import credit
 from .cells import ALIF
+from .checks import require_bool
 from .data import load_mnist
 from .experiments import adam_step_decay, deep_r
 from .losses import Objective
@@ -70,8 +71,7 @@ class StoreRecall:
         config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=10,
                            stop_metric="eval_accuracy", stop_at=self.stop_accuracy, stop_window=self.stop_window,
                            stop_every=self.stop_every, carry_state=self.carry_state)
-        if not isinstance(self.fresh_validation, bool):
-            raise ValueError(f"fresh_validation must be True or False, got {self.fresh_validation!r}")
+        require_bool(fresh_validation=self.fresh_validation)
         validation = self.trials("validation")
         batches = (lambda step: [validation(step).batch]) if self.fresh_validation else [validation(0).batch]
         evaluate = evaluator(objective, batches, carry=Carry() if self.carry_state else None)

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import numerics, store
-from .checks import require_integer, require_nonnegative, require_positive
+from .checks import require_bool, require_integer, require_nonnegative, require_positive
 from .model import Carry
 
 
@@ -45,8 +45,7 @@ class FitConfig:
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
         require_nonnegative(max_seconds=self.max_seconds, clip_norm=self.clip_norm)
-        if not isinstance(self.carry_state, bool):
-            raise ValueError(f"carry_state must be True or False, got {self.carry_state!r}")
+        require_bool(carry_state=self.carry_state)
 
     def reached(self, rows):
         """Whether the early-stopping target is met by the logged ``rows`` (checked when the last row's step is a
