@@ -93,26 +93,34 @@ def _failure(name, output, returncode, stderr):
     return NotebookFailed(f"notebook {name}: its execution {how}" + (f" ({last})" if last else ""))
 
 
-def smoke_cell_timeout():
-    """Seconds a cell may run at ``smoke`` (``$RNNNOTES_SMOKE_CELL_TIMEOUT``, default 300): smoke cells take
-    seconds, so a longer one is a hung kernel connection (a reply that never arrives, a known rare failure of
-    jupyter_client and papermill), not work."""
-    return float(os.environ.get("RNNNOTES_SMOKE_CELL_TIMEOUT", 300))
+_CELL_TIMEOUTS = {"smoke": ("RNNNOTES_SMOKE_CELL_TIMEOUT", 300), "book": ("RNNNOTES_BOOK_CELL_TIMEOUT", 1800)}
+
+
+def cell_timeout(profile):
+    """Seconds a cell may run in an isolated execution at ``profile``: ``smoke`` ``$RNNNOTES_SMOKE_CELL_TIMEOUT``
+    (default 300; its cells take seconds), ``book`` ``$RNNNOTES_BOOK_CELL_TIMEOUT`` (default 1800; its longest
+    cells train for about 9 minutes on 2 cores), ``paper`` no limit (a cell may train for hours). A cell past its
+    limit is a hung kernel connection (a reply that never arrives, a known rare failure of jupyter_client and
+    papermill, seen at both profiles: the kernel idle, the cell waiting), not work."""
+    if profile not in _CELL_TIMEOUTS:
+        return None
+    variable, default = _CELL_TIMEOUTS[profile]
+    return float(os.environ.get(variable, default))
 
 
 def run_isolated(name, profile="smoke", overrides=None, *, output, env=None):
     """:func:`run` in a child process ``python -m rnnnotes run`` with its own kernel: killing it fails this
-    execution alone, and it ends when this process ends. Raises ``NotebookFailed`` as :func:`run` does. At
-    ``smoke`` a cell may run :func:`smoke_cell_timeout` seconds, and an execution that times out is run once more
-    (finished runs come from the store); other profiles have no limit."""
+    execution alone, and it ends when this process ends. Raises ``NotebookFailed`` as :func:`run` does. A cell may
+    run :func:`cell_timeout` seconds, and an execution that times out is run once more (finished runs come from the
+    store, interrupted ones resume from their checkpoints); at ``paper`` there is no limit."""
     values = profiles.resolve(name, profile, overrides)  # refused here, before a process starts
     declared = profiles.declared_parameters(name)
     args = [sys.executable, "-m", "rnnnotes", "run", name, "--profile", profile, "--output", str(output)]
     for key in overrides or {}:
         args += ["-p", f"{key}={values[key] if isinstance(declared[key], str) else repr(values[key])}"]
-    attempts = 1
-    if profile == "smoke":
-        args, attempts = args + ["--cell-timeout", str(smoke_cell_timeout())], 2
+    attempts, timeout = 1, cell_timeout(profile)
+    if timeout is not None:
+        args, attempts = args + ["--cell-timeout", str(timeout)], 2
     child_env = {**os.environ, "RNNNOTES_RESULTS": str(store.results_root().resolve()),
                  "RNNNOTES_NOTEBOOKS": str(profiles.notebook_dir().resolve()), **(env or {})}
     for _ in range(attempts):

@@ -250,15 +250,23 @@ def _sleeping_notebook(folder, first_sleep, later_sleep):
     nbformat.write(nb, folder / "96_sleeping.ipynb")
 
 
-@pytest.mark.parametrize("later_sleep, succeeds", [(0, True), (60, False)])
-def test_a_smoke_cell_that_hangs_times_out_and_runs_once_more(tmp_path, monkeypatch, later_sleep, succeeds):
+@pytest.mark.parametrize("profile, later_sleep, succeeds", [("smoke", 0, True), ("smoke", 60, False),
+                                                             ("book", 0, True)])
+def test_a_cell_that_hangs_times_out_and_runs_once_more(tmp_path, monkeypatch, profile, later_sleep, succeeds):
     _sleeping_notebook(tmp_path, 60, later_sleep)
     monkeypatch.setenv("RNNNOTES_NOTEBOOKS", str(tmp_path))
     monkeypatch.setenv("RNNNOTES_RESULTS", str(tmp_path / "results"))
-    monkeypatch.setenv("RNNNOTES_SMOKE_CELL_TIMEOUT", "3")
+    monkeypatch.setenv(f"RNNNOTES_{profile.upper()}_CELL_TIMEOUT", "3")
     if succeeds:
-        runner.run_isolated("96_sleeping", "smoke", output=tmp_path / "out.ipynb")
+        runner.run_isolated("96_sleeping", profile, output=tmp_path / "out.ipynb")
     else:
         with pytest.raises(runner.NotebookFailed, match="96_sleeping"):
-            runner.run_isolated("96_sleeping", "smoke", output=tmp_path / "out.ipynb")
+            runner.run_isolated("96_sleeping", profile, output=tmp_path / "out.ipynb")
     assert len(list((tmp_path / "results" / "attempts").iterdir())) == 2, "one timeout, one more attempt, no more"
+
+
+def test_cell_limits_by_profile(monkeypatch):
+    """A book cell trains for minutes, a paper cell for hours: each profile has its own limit, paper none."""
+    for variable in ("RNNNOTES_SMOKE_CELL_TIMEOUT", "RNNNOTES_BOOK_CELL_TIMEOUT"):
+        monkeypatch.delenv(variable, raising=False)
+    assert (runner.cell_timeout("smoke"), runner.cell_timeout("book"), runner.cell_timeout("paper")) == (300, 1800, None)
