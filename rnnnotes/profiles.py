@@ -17,12 +17,13 @@ PROFILES = {
         "paper": {"duration_ms": 2000, "n_currents": 80, "n_poisson": 400},
     },
     "02_store_recall": {  # the LSNN tutorial's task; book: no synaptic delays (3.5x cheaper on CPU), at most 150
-        # steps (the LSNN stops at 115, the LIF control runs them all), validation every 5 steps, from rest; paper:
-        # the tutorial's protocol (a fresh validation batch every step, stopping rule checked every 20, the training,
-        # validation and test states carried over)
+        # steps (the LIF control runs them all), a fresh validation batch every 5 steps, from rest, stopping at 97 %
+        # so that the 95 % test claim clears the validation's sampling error (stopping at 95 %, seed 0 stopped at
+        # step 110 and tested 0.932); paper: the tutorial's protocol (a fresh validation batch every step, stopping
+        # rule at 95 % checked every 20, the training, validation and test states carried over)
         "smoke": {},
         "book": {"n_symbols": 12, "symbol_ms": 200, "batch_size": 128, "n_iterations": 150, "n_delay": 1,
-                 "eval_every": 5, "stop_window": 4},
+                 "eval_every": 5, "stop_window": 4, "stop_accuracy": 0.97, "fresh_validation": True},
         "paper": {"n_symbols": 12, "symbol_ms": 200, "batch_size": 128, "n_iterations": 200, "eval_every": 1,
                   "stop_window": 20, "stop_every": 20, "carry_state": True, "fresh_validation": True},
     },
@@ -91,12 +92,12 @@ PROFILES = {
 
 BOOK_MINUTES = {  # measured within `make book` (2 notebooks at a time on 2 cores): the longest start first
     "01_neurons": 0.1,
-    "02_store_recall": 4.8,
-    "03_smnist": 9.0,
-    "04_credit_assignment": 9.7,
-    "05_curvature": 4.9,
-    "06_gradient_flossing": 6.2,
-    "07_hebbian_plasticity": 6.2,
+    "02_store_recall": 3.6,
+    "03_smnist": 8.4,
+    "04_credit_assignment": 9.2,
+    "05_curvature": 3.1,
+    "06_gradient_flossing": 4.8,
+    "07_hebbian_plasticity": 3.4,
 }
 
 # Rough hours of each notebook at `paper` on one GPU, printed by `make paper` before it starts: the steps of the
@@ -109,7 +110,8 @@ PAPER_HOURS = {
     "03_smnist": 36.0,  # 4 networks x 36,000 steps x 0.89 s (H200, before the fused time loop)
     "04_credit_assignment": 3.5,  # 6 rules x 2 lrs, 8 vectorised seeds, 3000 steps: about 7 h on 2 CPU cores
     # (0.45-1.06 s per step, benchmarks/README.md), a GPU guessed 2-3x faster; plus 6 more mu points
-    "05_curvature": 13.0,  # book (5 CPU min, 200 steps of batch 128) x 16,000 / 200 x 256 / 128 / 1.5 (GPU)
+    "05_curvature": 5.5,  # book (3.1 CPU min, 200 steps of batch 128, seeds vectorised) x 16,000 / 200 x 256 / 128
+    # / 1.5 (GPU)
     "06_gradient_flossing": 10.0,  # 105 runs x 3001 steps of T = 300, N = 80, flossing 75 exponents (CPU guess)
     "07_hebbian_plasticity": 0.5,  # book (3.2 CPU min) x 5 episodes, plus 1000 episodes at N = 1000 (0.7 s each)
 }
