@@ -95,6 +95,7 @@ def _load_idx_dir(directory):
 
 @functools.lru_cache(maxsize=1)
 def _read_idx_files(stamp, directory):
+    """The four files named in ``stamp``, checked and scaled (kept for :func:`_load_idx_dir`)."""
     files = {key: Path(path) for key, path, *_ in stamp}
     splits = []
     for part in ("train", "test"):

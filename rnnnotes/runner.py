@@ -96,13 +96,14 @@ def _failure(name, output, returncode, stderr):
 _CELL_TIMEOUTS = {"smoke": ("RNNNOTES_SMOKE_CELL_TIMEOUT", 300), "book": ("RNNNOTES_BOOK_CELL_TIMEOUT", 1800)}
 
 
-def cell_timeout(profile):
+def cell_timeout(profile, overrides=None):
     """Seconds a cell may run in an isolated execution at ``profile``: ``smoke`` ``$RNNNOTES_SMOKE_CELL_TIMEOUT``
-    (default 300; its cells take seconds), ``book`` ``$RNNNOTES_BOOK_CELL_TIMEOUT`` (default 1800; its longest
-    cells train for about 9 minutes on 2 cores), ``paper`` no limit (a cell may train for hours). A cell past its
-    limit is a hung kernel connection (a reply that never arrives, a known rare failure of jupyter_client and
-    papermill, seen at both profiles: the kernel idle, the cell waiting), not work."""
-    if profile not in _CELL_TIMEOUTS:
+    (default 300; its cells take seconds); ``book`` at its own settings ``$RNNNOTES_BOOK_CELL_TIMEOUT`` (default
+    1800; its longest cells train for about 9 minutes on 2 cores); ``book`` with ``overrides`` (a sweep's point may
+    train far longer) and ``paper`` (a cell may train for hours): no limit. A cell past its limit is a hung kernel
+    connection (a reply that never arrives, a known rare failure of jupyter_client and papermill, seen at both
+    profiles: the kernel idle, the cell waiting), not work."""
+    if profile not in _CELL_TIMEOUTS or (profile == "book" and overrides):
         return None
     variable, default = _CELL_TIMEOUTS[profile]
     return float(os.environ.get(variable, default))
@@ -112,13 +113,13 @@ def run_isolated(name, profile="smoke", overrides=None, *, output, env=None):
     """:func:`run` in a child process ``python -m rnnnotes run`` with its own kernel: killing it fails this
     execution alone, and it ends when this process ends. Raises ``NotebookFailed`` as :func:`run` does. A cell may
     run :func:`cell_timeout` seconds, and an execution that times out is run once more (finished runs come from the
-    store, interrupted ones resume from their checkpoints); at ``paper`` there is no limit."""
+    store, interrupted ones resume from their checkpoints)."""
     values = profiles.resolve(name, profile, overrides)  # refused here, before a process starts
     declared = profiles.declared_parameters(name)
     args = [sys.executable, "-m", "rnnnotes", "run", name, "--profile", profile, "--output", str(output)]
     for key in overrides or {}:
         args += ["-p", f"{key}={values[key] if isinstance(declared[key], str) else repr(values[key])}"]
-    attempts, timeout = 1, cell_timeout(profile)
+    attempts, timeout = 1, cell_timeout(profile, overrides)
     if timeout is not None:
         args, attempts = args + ["--cell-timeout", str(timeout)], 2
     child_env = {**os.environ, "RNNNOTES_RESULTS": str(store.results_root().resolve()),

@@ -266,7 +266,10 @@ def test_a_cell_that_hangs_times_out_and_runs_once_more(tmp_path, monkeypatch, p
 
 
 def test_cell_limits_by_profile(monkeypatch):
-    """A book cell trains for minutes, a paper cell for hours: each profile has its own limit, paper none."""
+    """A book cell trains for minutes, a paper cell for hours: each profile has its own limit, paper none, and book
+    none with overrides."""
     for variable in ("RNNNOTES_SMOKE_CELL_TIMEOUT", "RNNNOTES_BOOK_CELL_TIMEOUT"):
         monkeypatch.delenv(variable, raising=False)
     assert (runner.cell_timeout("smoke"), runner.cell_timeout("book"), runner.cell_timeout("paper")) == (300, 1800, None)
+    assert runner.cell_timeout("smoke", {"x": 1}) == 300
+    assert runner.cell_timeout("book", {"n_iterations": 3000}) is None, "a book sweep's point may train for hours"
