@@ -88,7 +88,8 @@ def _load_idx_dir(directory):
     """The four files of ``directory``, read once per process while they stay unchanged (path, modification time
     and size), as tensors of the caller's own."""
     files = _find_idx_files(directory)
-    stamp = tuple((key, str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for key, p in files.items())
+    stats = {key: p.stat() for key, p in files.items()}
+    stamp = tuple((key, str(p.resolve()), stats[key].st_mtime_ns, stats[key].st_size) for key, p in files.items())
     data = _read_idx_files(stamp, directory)
     return MNIST(*(t.clone() for t in data[:4]), data.source)
 

