@@ -112,7 +112,7 @@ def type_labels(n, n_types):
 def type_averaged(w, labels):
     """:math:`W_{ab}`: every (type a -> type b) block of ``w`` replaced by its mean (zero diagonal included)."""
     n_types = int(labels.max()) + 1
-    one_hot = torch.nn.functional.one_hot(labels, n_types).to(w.dtype)  # (n, K)
+    one_hot = torch.nn.functional.one_hot(labels.to(w.device), n_types).to(w.dtype)  # (n, K)
     counts = one_hot.sum(0)
     block_mean = one_hot.T @ w @ one_hot / torch.outer(counts, counts)
     return one_hot @ block_mean @ one_hot.T

@@ -149,7 +149,11 @@ class DeepR:
         return a.to(w.device).clone()
 
     def _active(self, name):
-        return (self._signs[name] * self.weights[name].detach() > 0) & self._allowed[name]
+        w = self.weights[name].detach()
+        if self._signs[name].device != w.device or self._signs[name].dtype != w.dtype:  # model moved or cast since
+            self._signs[name] = self._signs[name].to(w.device, w.dtype)
+            self._allowed[name] = self._allowed[name].to(w.device)
+        return (self._signs[name] * w > 0) & self._allowed[name]
 
     def before_step(self):
         """Record the active masks; call after ``backward`` and before ``optimizer.step()``."""

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from . import experiments, profiles, runner, seeds, store
+from . import experiments, profiles, seeds, store
 
 EXECUTORS = ("local", "slurm")
 
@@ -75,6 +75,7 @@ def _execute(name, profile, point):
     if finished.exists() and store.read_json(finished) == identity:
         return "reused", str(output)
     status = "resumed" if output.exists() else "done"
+    from . import runner  # Jupyter is needed here alone: the notebooks' training calls run where it is not installed
     try:
         entries = runner.run_logged(name, profile, point, output=output)
     except runner.NotebookFailed as err:

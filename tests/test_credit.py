@@ -280,6 +280,26 @@ def test_spiking_modprop_and_mdgl_run_and_keep_forward_values():
         assert torch.isfinite(net.cell.w_rec.grad).all()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("variant", sorted(credit.VARIANTS))
+@pytest.mark.parametrize("kind", ["rate", "alif"])
+def test_every_rule_gives_on_the_gpu_the_gradients_it_gives_on_the_cpu(variant, kind):
+    """Rules build their matrices (type labels, random feedback) on the CPU: they must follow the weights' device."""
+    rule, feedback = credit.VARIANTS[variant]
+    x = (torch.rand(30, 2, 3, generator=torch.Generator().manual_seed(0)) < 0.3).double()
+    grads = []
+    for device in ("cpu", "cuda"):
+        if kind == "rate":
+            net = Network(RateRNN(3, 6, activation="relu", tau=5.0, seed=2), Readout(6, 2, seed=3)).double()
+        else:
+            net = _network("alif")
+        net.to(device)
+        grads.append(_grads(net, x.to(device), credit.make_rule(rule, net.cell, n_out=2, feedback=feedback, mu=0.5,
+                                                                 n_types=2))[0])
+    for on_cpu, on_gpu in zip(*grads):
+        torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-9, atol=1e-12)
+
+
 def test_random_feedback_is_fixed_and_symmetric_feedback_tracks_the_readout():
     net = _network("lif")
     rule = credit.make_rule("eprop", net.cell, feedback="random", n_out=2, seed=7)

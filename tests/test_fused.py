@@ -41,7 +41,7 @@ def run(cell, x, state, fast, recurrent=None, checkpoint=None):
     x = x.clone().requires_grad_()
     out = cell(x, state, recurrent=recurrent, fast=fast, checkpoint=checkpoint)
     g = torch.Generator().manual_seed(3)
-    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in out)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype).to(o.device)).sum() for o in out)
     leaves = [x, *cell.parameters()] + [s for s in (state or ()) if s.requires_grad]
     return list(out) + list(torch.autograd.grad(loss, leaves, allow_unused=True))
 

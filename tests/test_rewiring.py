@@ -176,6 +176,34 @@ def test_resume_from_state_dicts_is_bitwise_identical():
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_masks_follow_weights_moved_or_cast_after_deepr_is_built(device):
+    """The experiments build DEEP R on the CPU and move the model after: the run equals one built where it runs."""
+    def run(move_first):
+        weights, signs, allowed, _, _ = make_net(connectivity=0.3)
+        if move_first:
+            weights = {k: nn.Parameter(w.detach().to(device, torch.float64)) for k, w in weights.items()}
+        deepr = DeepR(weights, signs, connectivity=0.3, l1=1.0, temperature=1e-3, seed=0, allowed=allowed)
+        for w in weights.values():  # what Module.to does to its parameters
+            w.data = w.data.to(device, torch.float64)
+        target = {k: torch.randn(w.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device)
+                  for k, w in weights.items()}
+        opt = torch.optim.Adam(weights.values(), lr=0.05)
+        for t in range(30):
+            opt.zero_grad()
+            sum(((w - target[k]) ** 2).sum() for k, w in weights.items()).backward()
+            deepr.before_step()
+            opt.step()
+            deepr.step(0.05, t)
+        return weights, deepr
+
+    moved, deepr = run(move_first=False)
+    built_there, _ = run(move_first=True)
+    assert all(torch.equal(moved[k], built_there[k]) for k in moved)
+    assert all(s.device == moved[k].device and s.dtype == torch.float64 for k, s in deepr.state_dict()["signs"].items())
+    assert sum(deepr.active_counts().values()) == deepr.budget
+
+
 def test_reconnections_split_across_matrices_by_allowed_size():
     s = neuron_signs(20, frac_excitatory=0.8)
     weights = {"a": nn.Parameter(torch.zeros(20, 20)), "b": nn.Parameter(torch.zeros(20, 60))}
