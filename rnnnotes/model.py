@@ -5,6 +5,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from . import fused
 from .checks import require_positive
 from .seeding import generator, resolve_seed
 
@@ -37,9 +38,11 @@ class Readout(nn.Module):
         self.b_out = nn.Parameter(torch.zeros(n_out)) if bias else None
 
     def filter(self, z):
-        """The low-pass filtered activity ``psp`` of ``z (T, B, n)``."""
-        if self.kappa == 0.0:
-            return z
+        """The low-pass filtered activity ``psp`` of ``z (T, B, n)``: one fused op per step
+        (:func:`rnnnotes.fused.low_pass`), or op by op on the plain path."""
+        return z if self.kappa == 0.0 else fused.low_pass(z, self.kappa, self._filter_plain)
+
+    def _filter_plain(self, z):
         psp, out = torch.zeros_like(z[0]), []
         for z_t in z:
             psp = self.kappa * psp + (1.0 - self.kappa) * z_t

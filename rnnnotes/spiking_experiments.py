@@ -143,8 +143,10 @@ class SequentialMNIST:
         model.to(device)
         objective = Objective(rate_weight=self.rate_weight, target_hz=self.target_hz)
         optimizer, scheduler = adam_step_decay(model, self.lr, self.lr_decay, self.decay_every)
-        task = TaskStream(SMNIST(mnist.train_images, mnist.train_labels, batch_size=self.batch_size), seed=self.seed)
-        test = SMNIST(mnist.test_images[:self.max_test], mnist.test_labels[:self.max_test],
+        # the digits live where the model runs, so the spike code of a batch is computed there and never copied
+        train_images, train_labels = mnist.train_images.to(device), mnist.train_labels.to(device)
+        task = TaskStream(SMNIST(train_images, train_labels, batch_size=self.batch_size), seed=self.seed)
+        test = SMNIST(mnist.test_images[:self.max_test].to(device), mnist.test_labels[:self.max_test].to(device),
                       batch_size=min(self.batch_size, self.max_test))
         config = FitConfig(steps=self.n_iterations, eval_every=self.eval_every, checkpoint_every=50)
         return Training(model, task, objective, optimizer, config, scheduler=scheduler, rewiring=rewiring,

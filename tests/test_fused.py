@@ -192,6 +192,35 @@ def test_checkpointed_chunks_give_the_same_gradients(make):
         cell(x, checkpoint=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_readout_filter_fused_equals_plain_to_second_order(dtype):
+    """The fused low-pass of the readout against its op-by-op loop: values, gradients and a double backward."""
+    readout = Readout(6, 2, tau_out=5.0, seed=0).to(dtype)
+    z = torch.rand(25, 3, 6, generator=torch.Generator().manual_seed(0), dtype=dtype).requires_grad_()
+    g = torch.randn(25, 3, 6, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    results = []
+    for filter_ in (readout._filter_plain, readout.filter):
+        y = filter_(z)
+        grad, = torch.autograd.grad((y * g).sum() + y.square().sum(), z, create_graph=True)
+        results.append([y, grad, torch.autograd.grad((grad * g).sum(), z)[0]])
+    assert type(readout.filter(z).grad_fn).__name__ == "LowPassBackward"
+    assert results[0][2].abs().max() > 0
+    assert_same(*results, dtype)
+
+
+def test_readout_filter_backward_is_the_filter_run_backwards_in_time():
+    """The adjoint of y = L x, L[t, s] = (1 - kappa) kappa^(t - s) for t >= s, written as a dense matrix."""
+    kappa, steps = 0.8, 12
+    t = torch.arange(steps, dtype=torch.float64)
+    dense = torch.where(t[:, None] >= t, (1 - kappa) * kappa ** (t[:, None] - t).clamp(min=0), 0.0)
+    x = torch.randn(steps, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(steps, 4, dtype=torch.float64)
+    y = fused.LowPass.apply(x, kappa, False)
+    torch.testing.assert_close(y, dense @ x, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], dense.T @ g, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(fused.LowPass.apply(x, kappa, True), dense.T @ x, rtol=1e-13, atol=1e-15)
+
+
 def test_checkpointed_chunks_save_less_than_the_plain_path():
     """The plain spiking path saves about 8 (B, n) tensors per step; chunks keep their outputs and their inputs
     (the drive, which ``autograd_saved_bytes`` does not see inside a checkpoint: added by hand)."""
