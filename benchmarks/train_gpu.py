@@ -5,6 +5,7 @@ be projected:
     python benchmarks/train_gpu.py --seconds 120
     RNNNOTES_FAST=0 python benchmarks/train_gpu.py --seconds 120         # the plain per-step path, for comparison
     RNNNOTES_CUDA_GRAPHS=0 python benchmarks/train_gpu.py --seconds 120  # the fused loop without CUDA graphs
+    python benchmarks/train_gpu.py --seconds 60 --runs smnist --profile    # + where one step's time goes
 Builds the same experiments as notebooks 02 and 03 (`rnnnotes.spiking_experiments`), without their results store.
 """
 import argparse
@@ -20,20 +21,45 @@ from rnnnotes.tasks import SMNIST
 from rnnnotes.train import evaluator, fit
 
 
-def train(setup, seconds, *, evaluate, every):
-    """The experiment's ``fit``, time-boxed to ``seconds``; prints the held-out accuracy curve and returns the
-    number of steps, the seconds in all and the median seconds of one training step (from one batch request to the
-    next, so the evaluations every ``every`` steps and the first steps' warm-up are left out)."""
-    stamps = []
+def step_profiler(step):
+    """A ``torch.profiler`` that records training step ``step`` alone (``.step()`` is called once per step)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    return profile(activities=activities, schedule=schedule(wait=step - 1, warmup=1, active=1, repeat=1))
+
+
+def print_profile(profiler, top=25):
+    """Kernel and operator calls of the profiled step, and the ``top`` operators by self device time."""
+    events = profiler.key_averages()
+    calls = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CPU
+                and not e.key.startswith(("autograd::engine", "ProfilerStep")))
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    print(f"== one training step: {calls} operator calls ==")
+    print(events.table(sort_by=sort, row_limit=top, max_name_column_width=50))
+
+
+def train(setup, seconds, *, evaluate, every, profile_step=None):
+    """The experiment's ``fit``, time-boxed to ``seconds``; prints the held-out accuracy curve (and, with
+    ``profile_step``, the profile of that training step) and returns the number of steps, the seconds in all and
+    the median seconds of one training step (from one batch request to the next, so the evaluations every ``every``
+    steps and the first steps' warm-up are left out)."""
+    stamps, profiler = [], step_profiler(profile_step) if profile_step else None
 
     def timed_task(step):
         stamps.append(time.perf_counter())
+        if profiler:
+            profiler.step()
         return setup.task(step)
     start = time.perf_counter()
     training = setup._replace(task=timed_task, evaluate=evaluate).with_config(eval_every=every, max_seconds=seconds,
                                                                               progress=False)
+    if profiler:
+        profiler.start()
     history = fit(training).history
     elapsed = time.perf_counter() - start
+    if profiler:
+        profiler.stop()
+        print_profile(profiler)
     if torch.cuda.is_available():
         print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB")
         torch.cuda.reset_peak_memory_stats()
@@ -50,7 +76,7 @@ def smnist(args, device):
     mnist = experiment.mnist()
     test = list(SMNIST(mnist.test_images, mnist.test_labels, batch_size=500).batches())
     steps, elapsed, per_step = train(setup, args.seconds, evaluate=evaluator(setup.objective, test),
-                                     every=args.eval_every)
+                                     every=args.eval_every, profile_step=20 if args.profile else None)
     print(f"smnist LSNN+DEEP R, batch {args.batch_size}, n_delay {args.n_delay}, {mnist.source}: {steps} steps "
           f"in {elapsed:.0f} s (evaluations included), median {per_step:.3f} s/step; 36000 steps would take "
           f"{36000 * per_step / 3600:.1f} h")
@@ -73,6 +99,7 @@ def main():
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--mnist-dir", default=None)
     parser.add_argument("--runs", default="storerecall,smnist")
+    parser.add_argument("--profile", action="store_true", help="sMNIST: print where step 20's time goes")
     args = parser.parse_args()
     device = default_device()
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), torch "
