@@ -206,6 +206,10 @@ def test_readout_filter_fused_equals_plain_to_second_order(dtype):
     assert type(readout.filter(z).grad_fn).__name__ == "LowPassBackward"
     assert results[0][2].abs().max() > 0
     assert_same(*results, dtype)
+    with fused.disabled():
+        assert type(readout.filter(z).grad_fn).__name__ == "StackBackward0"
+    _, tangent = torch.func.jvp(readout.filter, (z.detach(),), (g,))  # forward mode: the op-by-op loop
+    torch.testing.assert_close(tangent, readout._filter_plain(g), rtol=1e-5, atol=1e-6)
 
 
 def test_readout_filter_backward_is_the_filter_run_backwards_in_time():
