@@ -13,7 +13,8 @@ the sequence on the plain path and differentiates that. Under ``vmap`` the rate 
 (a leading seed dimension: :mod:`rnnnotes.seeds`); other ``torch.func`` transforms, ``vmap`` of a spiking layer
 and forward-mode AD take the plain path (:func:`choose`). ``fast=False`` on a call, :func:`disabled` around
 code, or ``RNNNOTES_FAST=0`` in the environment switch the fused path off. On CUDA the loops are replayed from
-CUDA graphs in training (:func:`_run`). The readout's low-pass filter has a fused form too (:class:`LowPass`).
+CUDA graphs in training (:func:`_run`). The readout's low-pass filter has its fused form beside the readout
+(:class:`rnnnotes.model.LowPass`).
 """
 import contextlib
 import os
@@ -371,37 +372,6 @@ def rate_sequence(current, w, state, params, plain, *, cut, graphs=None):
     plain path, ``graphs`` a dict in which CUDA graphs are kept (:func:`_run`)."""
     k = RateConstants(alpha=params.alpha, activation=params.activation, cut=cut)
     return _run(lambda *a: apply(RateSequence, *a, k, plain), (current, w, state.v, state.z), k, graphs)
-
-
-# --------------------------------------------------------------------------------------------------- readout filter
-
-class LowPass(torch.autograd.Function):
-    r""":math:`y_t = \kappa y_{t-1} + (1 - \kappa) x_t` from :math:`y_{-1} = 0` along dimension 0 (``reverse``: from
-    the last step back to the first), one ``lerp`` per step into the output. The filter's adjoint is the same filter
-    run the other way in time,
-    :math:`\partial L / \partial x_s = \sum_{t \ge s} (1 - \kappa) \kappa^{t-s} \partial L / \partial y_t`, so the
-    backward is this function again and differentiable to any order."""
-
-    @staticmethod
-    def forward(x, kappa, reverse):
-        y, previous = torch.empty_like(x), torch.zeros_like(x[0])
-        for t in range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0]):
-            previous = torch.lerp(x[t], previous, kappa, out=y[t])
-        return y
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.kappa, ctx.reverse = inputs[1:]
-
-    @staticmethod
-    def backward(ctx, grad):
-        return apply(LowPass, grad, ctx.kappa, not ctx.reverse), None, None
-
-
-def low_pass(x, kappa, plain):
-    """:class:`LowPass` of ``x (T, ...)``, or ``plain(x)`` (the same filter op by op) where :func:`choose` picks the
-    plain path."""
-    return plain(x) if choose(None, None, (x,)) is None else apply(LowPass, x, kappa, False)
 
 
 # ------------------------------------------------------------------------------------------------------ CUDA graphs

@@ -7,7 +7,31 @@ from torch import nn
 
 from . import fused
 from .checks import require_positive
+from .functional import apply
 from .seeding import generator, resolve_seed
+
+
+class LowPass(torch.autograd.Function):
+    r""":math:`y_t = \kappa y_{t-1} + (1 - \kappa) x_t` from :math:`y_{-1} = 0` along dimension 0 (``reverse``: from
+    the last step back to the first), one ``lerp`` per step into the output. The filter's adjoint is the same filter
+    run the other way in time,
+    :math:`\partial L / \partial x_s = \sum_{t \ge s} (1 - \kappa) \kappa^{t-s} \partial L / \partial y_t`, so the
+    backward is this function again and differentiable to any order."""
+
+    @staticmethod
+    def forward(x, kappa, reverse):
+        y, previous = torch.empty_like(x), torch.zeros_like(x[0])
+        for t in range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0]):
+            previous = torch.lerp(x[t], previous, kappa, out=y[t])
+        return y
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.kappa, ctx.reverse = inputs[1:]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return apply(LowPass, grad, ctx.kappa, not ctx.reverse), None, None
 
 
 def readout_matmul(psp, w_out):
@@ -38,9 +62,13 @@ class Readout(nn.Module):
         self.b_out = nn.Parameter(torch.zeros(n_out)) if bias else None
 
     def filter(self, z):
-        """The low-pass filtered activity ``psp`` of ``z (T, B, n)``: one fused op per step
-        (:func:`rnnnotes.fused.low_pass`), or op by op on the plain path."""
-        return z if self.kappa == 0.0 else fused.low_pass(z, self.kappa, self._filter_plain)
+        """The low-pass filtered activity ``psp`` of ``z (T, B, n)``: :class:`LowPass`, one fused op per step, or op
+        by op where :func:`rnnnotes.fused.choose` picks the plain path."""
+        if self.kappa == 0.0:
+            return z
+        if fused.choose(None, None, (z,)) is None:
+            return self._filter_plain(z)
+        return apply(LowPass, z, self.kappa, False)
 
     def _filter_plain(self, z):
         psp, out = torch.zeros_like(z[0]), []
