@@ -22,7 +22,7 @@ import torch
 
 from peers import Size, passes
 from rnnnotes import cells, numerics
-from timing import device_label, median_times, row
+from timing import device_label, median_times, profile_summary, profiler_activities, row
 
 SIZES = ["80x120+100x64x400", "80x55+45x16x400", "80x120+100x64x840"]
 QUICK_SIZES = ["80x120+100x64x50"]
@@ -73,18 +73,14 @@ def run(quick=False):
 
 def profile(fns, device, steps, top):
     """Top ops by self time of one forward+backward, and op calls per time step, for each implementation."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    from torch.profiler import profile as torch_profile
     for name, fn in fns.items():
         fn()
-        with torch_profile(activities=activities) as prof:
+        with torch_profile(activities=profiler_activities(device)) as prof:
             fn()
-        events = prof.key_averages()
-        calls = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CPU
-                    and not e.key.startswith(("autograd::engine", "ProfilerStep")))
+        calls, table = profile_summary(prof.key_averages(), device, top)
         print(f"\n== profile {name} on {device.type}: {calls / steps:.0f} op calls per time step (fwd+bwd) ==")
-        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(events.table(sort_by=sort, row_limit=top, max_name_column_width=45))
+        print(table)
 
 
 def print_header(args, device_names):

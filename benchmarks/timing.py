@@ -41,3 +41,18 @@ def device_label(device):
     """``cpu``, or ``cuda (<GPU name>)``."""
     device = torch.device(device)
     return device.type if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})"
+
+
+def profiler_activities(device):
+    """What ``torch.profiler`` records on ``device``: CPU operators, and CUDA kernels on a GPU."""
+    from torch.profiler import ProfilerActivity
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+
+
+def profile_summary(events, device, top):
+    """``(operator calls, table)`` of a profile's ``key_averages()``: the calls leave out the autograd engine's and
+    the profiler's own entries; the table lists the ``top`` operators by self time on ``device``."""
+    calls = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CPU
+                and not e.key.startswith(("autograd::engine", "ProfilerStep")))
+    sort = "self_cuda_time_total" if torch.device(device).type == "cuda" else "self_cpu_time_total"
+    return calls, events.table(sort_by=sort, row_limit=top, max_name_column_width=50)

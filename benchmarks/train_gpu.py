@@ -19,23 +19,14 @@ from rnnnotes import default_device
 from rnnnotes.spiking_experiments import SequentialMNIST, StoreRecall
 from rnnnotes.tasks import SMNIST
 from rnnnotes.train import evaluator, fit
+from timing import profile_summary, profiler_activities
 
 
-def step_profiler(step):
+def step_profiler(step, device):
     """A ``torch.profiler`` that records training step ``step`` alone (``.step()`` is called once per step)."""
-    from torch.profiler import ProfilerActivity, profile, schedule
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    return profile(activities=activities, schedule=schedule(wait=step - 1, warmup=1, active=1, repeat=1))
-
-
-def print_profile(profiler, top=25):
-    """Kernel and operator calls of the profiled step, and the ``top`` operators by self device time."""
-    events = profiler.key_averages()
-    calls = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CPU
-                and not e.key.startswith(("autograd::engine", "ProfilerStep")))
-    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    print(f"== one training step: {calls} operator calls ==")
-    print(events.table(sort_by=sort, row_limit=top, max_name_column_width=50))
+    from torch.profiler import profile, schedule
+    return profile(activities=profiler_activities(device), schedule=schedule(wait=step - 1, warmup=1, active=1,
+                                                                              repeat=1))
 
 
 def train(setup, seconds, *, evaluate, every, profile_step=None):
@@ -43,7 +34,8 @@ def train(setup, seconds, *, evaluate, every, profile_step=None):
     ``profile_step``, the profile of that training step) and returns the number of steps, the seconds in all and
     the median seconds of one training step (from one batch request to the next, so the evaluations every ``every``
     steps and the first steps' warm-up are left out)."""
-    stamps, profiler = [], step_profiler(profile_step) if profile_step else None
+    stamps, device = [], next(setup.model.parameters()).device
+    profiler = step_profiler(profile_step, device) if profile_step else None
 
     def timed_task(step):
         stamps.append(time.perf_counter())
@@ -59,7 +51,11 @@ def train(setup, seconds, *, evaluate, every, profile_step=None):
     elapsed = time.perf_counter() - start
     if profiler:
         profiler.stop()
-        print_profile(profiler)
+        if len(stamps) <= profile_step:
+            print(f"== no profile: the run ended after {len(stamps)} steps, before step {profile_step} was done ==")
+        else:
+            calls, table = profile_summary(profiler.key_averages(), device, top=25)
+            print(f"== training step {profile_step}: {calls} operator calls ==\n{table}")
     if torch.cuda.is_available():
         print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB")
         torch.cuda.reset_peak_memory_stats()
