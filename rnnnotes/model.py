@@ -13,13 +13,15 @@ from .seeding import generator, resolve_seed
 
 class LowPass(torch.autograd.Function):
     r""":math:`y_t = \kappa y_{t-1} + (1 - \kappa) x_t` from :math:`y_{-1} = 0` along dimension 0 (``reverse``: from
-    the last step back to the first), one ``lerp`` per step into the output. The filter's adjoint is the same filter
-    run the other way in time,
+    the last step back to the first): on a GPU as matmuls over chunks of steps (:func:`lowpass_chunked`), elsewhere
+    one ``lerp`` per step into the output. The filter's adjoint is the same filter run the other way in time,
     :math:`\partial L / \partial x_s = \sum_{t \ge s} (1 - \kappa) \kappa^{t-s} \partial L / \partial y_t`, so the
     backward is this function again and differentiable to any order."""
 
     @staticmethod
     def forward(x, kappa, reverse):
+        if x.is_cuda:  # a few kernels for the whole sequence instead of one launch per step
+            return lowpass_chunked(x.flip(0), kappa).flip(0) if reverse else lowpass_chunked(x, kappa)
         y, previous = torch.empty_like(x), torch.zeros_like(x[0])
         for t in range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0]):
             previous = torch.lerp(x[t], previous, kappa, out=y[t])
@@ -32,6 +34,24 @@ class LowPass(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return apply(LowPass, grad, ctx.kappa, not ctx.reverse), None, None
+
+
+def lowpass_chunked(x, kappa, chunk=32):
+    r"""The forward filter of :class:`LowPass` as two matmuls. Within each chunk of ``C = chunk`` steps,
+    :math:`\ell_{kC+c} = \sum_{s \le c} (1 - \kappa) \kappa^{c-s} x_{kC+s}`; the chunks' last values carry over as
+    :math:`e_k = \sum_{j \le k} \kappa^{C(k-j)} \ell_{jC+C-1}` (the filtered value at the end of chunk ``k``), and
+    :math:`y_{kC+c} = \ell_{kC+c} + \kappa^{c+1} e_{k-1}`. Every power of :math:`\kappa` is at most 1, so nothing
+    grows; the sums differ from the recursion by rounding only."""
+    steps, size = x.shape[0], x[0].numel()
+    n_chunks = -(-steps // chunk)
+    xs = torch.nn.functional.pad(x.reshape(steps, size), (0, 0, 0, n_chunks * chunk - steps))
+    c, k = torch.arange(chunk, dtype=torch.float64), torch.arange(n_chunks, dtype=torch.float64)
+    within = torch.where(c[:, None] >= c, (1 - kappa) * kappa ** (c[:, None] - c).clamp(min=0), 0.0)
+    across = torch.where(k[:, None] >= k, kappa ** (chunk * (k[:, None] - k)).clamp(min=0), 0.0)
+    local = torch.matmul(within.to(x), xs.view(n_chunks, chunk, size))
+    ends = across.to(x) @ local[:, -1]
+    local[1:].add_(ends[:-1, None] * (kappa ** (c + 1)).to(x)[:, None])
+    return local.view(n_chunks * chunk, size)[:steps].view(x.shape)
 
 
 def readout_matmul(psp, w_out):

@@ -10,7 +10,7 @@ from rnnnotes import credit, fused
 from rnnnotes.cells import ALIF, LIF, RateRNN, VanillaRNN
 from rnnnotes.functional import RateState, SpikingState, cut_presynaptic
 from rnnnotes.memory import autograd_saved_bytes
-from rnnnotes.model import LowPass, Network, Readout
+from rnnnotes.model import LowPass, Network, Readout, lowpass_chunked
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -74,7 +74,7 @@ def test_spiking_fast_equals_plain(kind, n_ref, n_delay, cut, dtype):
 @pytest.mark.parametrize("steps", [1, 2, 30])
 def test_alif_with_a_step_other_than_1ms_and_short_sequences(steps):
     """dt enters the reset, the spike's 1/dt and the pseudo-derivative; one- and two-step sequences exercise the
-    loop's first and last steps and the delay ring's wrap-around."""
+    loop's first and last steps and the edges of the delay window."""
     cell = ALIF(5, 4, 5, n_ref=1, n_delay=4, thr=0.05, dt=2.0, seed=1).double()
     with torch.no_grad():
         cell.w_in.mul_(3.0)
@@ -212,13 +212,30 @@ def test_readout_filter_fused_equals_plain_to_second_order(dtype):
     torch.testing.assert_close(tangent, readout._filter_plain(g), rtol=1e-5, atol=1e-6)
 
 
-def test_readout_filter_backward_is_the_filter_run_backwards_in_time():
-    """The adjoint of y = L x, L[t, s] = (1 - kappa) kappa^(t - s) for t >= s, written as a dense matrix."""
-    kappa, steps = 0.8, 12
+def dense_lowpass(kappa, steps):
+    """L[t, s] = (1 - kappa) kappa^(t - s) for t >= s: the readout filter y = L x written as a dense matrix."""
     t = torch.arange(steps, dtype=torch.float64)
-    dense = torch.where(t[:, None] >= t, (1 - kappa) * kappa ** (t[:, None] - t).clamp(min=0), 0.0)
-    x = torch.randn(steps, 4, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(steps, 4, dtype=torch.float64)
+    return torch.where(t[:, None] >= t, (1 - kappa) * kappa ** (t[:, None] - t).clamp(min=0), 0.0)
+
+
+@pytest.mark.parametrize("steps, chunk", [(75, 8), (64, 32), (20, 32), (9, 1), (33, 32)])
+def test_chunked_filter_is_the_dense_filter(steps, chunk):
+    """Chunks that divide the steps, leave a partial last chunk, exceed the steps, or hold one step each."""
+    kappa = 0.9
+    x = torch.randn(steps, 3, 2, generator=torch.Generator().manual_seed(steps), dtype=torch.float64)
+    expected = (dense_lowpass(kappa, steps) @ x.reshape(steps, 6)).view(steps, 3, 2)
+    torch.testing.assert_close(lowpass_chunked(x, kappa, chunk), expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the chunked filter runs on a GPU"))])
+def test_readout_filter_backward_is_the_filter_run_backwards_in_time(device):
+    """The adjoint of y = L x is L^T: on the CPU the loop of lerps, on a GPU the chunked matmuls (40 steps: two
+    chunks)."""
+    kappa, steps = 0.8, 40
+    dense = dense_lowpass(kappa, steps).to(device)
+    x = torch.randn(steps, 4, dtype=torch.float64, device=device, requires_grad=True)
+    g = torch.randn(steps, 4, dtype=torch.float64, device=device)
     y = LowPass.apply(x, kappa, False)
     torch.testing.assert_close(y, dense @ x, rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], dense.T @ g, rtol=1e-13, atol=1e-15)
