@@ -3,9 +3,11 @@ r"""Fused time loops: a whole sequence of a spiking or rate layer as one ``autog
 The plain path (:mod:`rnnnotes.functional`, one autograd node per operation and step) dispatches about 130 ops
 per step and saves its intermediates. Here the forward writes each step straight into the output tensors and
 saves only them (plus the refractory mask); the backward runs the adjoint recursion of the same equations step
-by step and forms the weight gradient as one ``(n x TB) @ (TB x n)`` matmul per synaptic delay. Synaptic delays
-use a ring buffer of future currents (``z_t W^{(d)}`` lands in the slot of step ``t + 1 + d``), as LSNN's
-``i_future_buffer``, instead of copying the spike history every step.
+by step and forms the weight gradient as one ``(n x TB) @ (TB x n)`` matmul per synaptic delay. With synaptic
+delays the spikes are written into a buffer ``(B, D + T, n)`` in which the ``D`` spikes a step's drive reads,
+:math:`z_{t-D}, \dots, z_{t-1}`, form one ``(B, D n)`` matrix (a view, never a copy), so the recurrent current
+:math:`\sum_d z_{t-1-d} W^{(d)}` is one matmul per step; the backward reads the drive gradients of steps
+:math:`t, \dots, t + D - 1` the same way.
 
 The values and derivatives (pseudo-derivative included) are those of the plain path, up to floating-point
 rounding. A backward pass that is itself differentiated (double backward, as in Hessian-vector products) reruns
@@ -91,39 +93,30 @@ class SpikingConstants(NamedTuple):
     positive: bool  # thresholds stay positive (thr > 0, beta >= 0, b >= 0), so (v - A) / A > 0 is v > A
 
 
-def _delay_blocks(w_stack, n_delay):
-    """``(n, n_delay * n)``: ``[W^(0) | W^(1) | ...]``, the currents a spike sends to the next ``n_delay`` steps."""
+def _delay_window(w_stack, n_delay, adjoint=False):
+    """``(D n, n)``: the weights that act on the window ``[z_{t-D}, ..., z_{t-1}]`` of a step's drive (block ``j``:
+    delay ``D - 1 - j``), or with ``adjoint`` on ``[delta_t, ..., delta_{t+D-1}]`` (block ``d``: ``W^(d)`` transposed)."""
     n = w_stack.shape[1]
-    return w_stack.view(n_delay, n, n).transpose(0, 1).reshape(n, n_delay * n)
-
-
-def _slot(ring, i, n):
-    """Slot ``i`` of a ring buffer ``(B, D n)``: a view ``(B, n)``."""
-    return ring[:, i * n:(i + 1) * n]
-
-
-def _add_rotated(ring, update, first, n):
-    """``ring (B, D n)`` += ``update (B, D n)`` with block ``d`` of ``update`` added to slot ``(first + d) mod D``."""
-    split = ring.shape[1] - first * n
-    ring[:, first * n:].add_(update[:, :split])
-    if first:
-        ring[:, :first * n].add_(update[:, split:])
+    blocks = w_stack.view(n_delay, n, n)
+    return (blocks.transpose(1, 2) if adjoint else blocks.flip(0)).reshape(n_delay * n, n)
 
 
 def _spiking_forward(current, w_stack, v, z, b, ref, presynaptic, beta, k):
     """The LSNN step of :func:`rnnnotes.functional.alif_step` over all steps; returns ``Z, V, A`` and the mask of
     steps on which a neuron may spike (``None`` without refractoriness)."""
     T, B, n = current.shape
-    Z, V, A = (current.new_empty(T, B, n) for _ in range(3))
+    V, A = current.new_empty(T, B, n), current.new_empty(T, B, n)
     allowed = torch.empty(T, B, n, dtype=torch.bool, device=current.device) if k.n_ref else None
     if not k.adaptive:
         A.fill_(k.thr)
     thr = current.new_full((), k.thr)
     last_spike = ref - (k.n_ref + 1)  # refractory counter as a time: a neuron may spike at t iff <= t - 1 - n_ref
-    if k.n_delay > 1:  # slot t mod D holds the recurrent current of step t
-        blocks, ring = _delay_blocks(w_stack, k.n_delay), torch.zeros(B, k.n_delay * n, dtype=v.dtype, device=v.device)
-        for lag in range(k.n_delay):  # the initial spike history's currents for steps 0 .. D - 1 - lag
-            ring[:, :(k.n_delay - lag) * n].addmm_(presynaptic[:, lag * n:(lag + 1) * n], blocks[:, lag * n:])
+    if k.n_delay == 1:
+        Z = current.new_empty(T, B, n)
+    else:  # history[:, j] = z_{j - D}: Z[t] is history[:, D + t], and step t's window history[:, t:t + D]
+        history = current.new_empty(B, k.n_delay + T, n)
+        history[:, :k.n_delay] = presynaptic.view(B, k.n_delay, n).flip(1)
+        Z, window = history[:, k.n_delay:].transpose(0, 1), _delay_window(w_stack, k.n_delay)
     for t in range(T):
         a = A[t]
         if k.adaptive:
@@ -132,9 +125,7 @@ def _spiking_forward(current, w_stack, v, z, b, ref, presynaptic, beta, k):
         if k.n_delay == 1:
             drive = torch.addmm(current[t], z, w_stack)
         else:
-            slot = _slot(ring, t % k.n_delay, n)
-            drive = current[t] + slot
-            slot.zero_()
+            drive = torch.addmm(current[t], history[:, t:t + k.n_delay].reshape(B, -1), window)
         torch.lerp(drive, v, k.alpha, out=V[t]).addcmul_(z, a, value=-k.dt)
         scaled = (v, a) if k.positive else ((v - a) / a, 0)
         if k.n_ref:
@@ -146,8 +137,6 @@ def _spiking_forward(current, w_stack, v, z, b, ref, presynaptic, beta, k):
         if k.dt != 1.0:
             Z[t].div_(k.dt)
         v, z = V[t], Z[t]
-        if k.n_delay > 1:
-            _add_rotated(ring, z @ blocks, (t + 1) % k.n_delay, n)
     return Z, V, A, allowed
 
 
@@ -186,10 +175,15 @@ def _spiking_backward(grads, saved, w_stack, presynaptic, k):
     Z, V, A, allowed, v0, z0 = saved
     T, B, n = Z.shape
     P, R = _sensitivities(Z, V, A, allowed, v0, k)
-    G, dv0 = torch.zeros_like(Z), torch.empty_like(v0)
-    dz, db = torch.zeros_like(v0), torch.zeros_like(v0)
-    w_back = w_stack.T * (1.0 - k.alpha)  # d drive_t / d v_t (1 - alpha) folded into the weights
-    ring = torch.zeros(B, k.n_delay * n, dtype=Z.dtype, device=Z.device)  # slot (-t) mod D: d L / d z_t
+    dv0, dz, db = torch.empty_like(v0), torch.zeros_like(v0), torch.zeros_like(v0)
+    # d drive_t / d v_t = 1 - alpha folded into the weights; with delays, G[t] is later[:, t] and the window of the
+    # drive gradients that reach z_{t-1}, steps t .. t + D - 1, is later[:, t:t + D] (zero past the last step)
+    w_back = (w_stack.T if k.n_delay == 1 else _delay_window(w_stack, k.n_delay, adjoint=True)) * (1.0 - k.alpha)
+    if k.n_delay == 1:
+        G = torch.zeros_like(Z)
+    else:
+        later = Z.new_zeros(B, T + k.n_delay - 1, n)
+        G = later[:, :T].transpose(0, 1)
     for t in range(T - 1, -1, -1):
         g_v, g_z = G[t], dz if grads.z is None else dz.add_(grads.z[t])
         if grads.v is not None:
@@ -209,13 +203,12 @@ def _spiking_backward(grads, saved, w_stack, presynaptic, k):
             (G[t - 1] if t else dv0).add_(g_v, alpha=k.alpha)
         if k.n_delay == 1 and not k.cut:
             dz.addmm_(g_v, w_back)
-        elif not k.cut:  # z_{t-1-d} feeds the drive of step t through W^(d); e-prop cuts this path
-            _add_rotated(ring, g_v @ w_back, (1 - t) % k.n_delay, n)
-            dz.add_(_slot(ring, (1 - t) % k.n_delay, n))
-            _slot(ring, (1 - t) % k.n_delay, n).zero_()
+        elif not k.cut:  # z_{t-1} feeds the drive of step t + d through W^(d); e-prop cuts this path
+            dz.addmm_(later[:, t:t + k.n_delay].reshape(B, -1), w_back)
+    # z_{-1-lag} of the initial history reaches the drives of steps 0 .. D - 1 - lag through W^(lag), ..., W^(D-1)
+    grad_history = torch.cat([torch.zeros_like(v0) if k.cut else later[:, :k.n_delay - lag].reshape(B, -1)
+                              @ w_back[lag * n:] for lag in range(1, k.n_delay)] or [presynaptic[:, :0]], dim=1)
     drive = G.mul_(1.0 - k.alpha)
-    grad_history = torch.cat([_slot(ring, (1 + lag) % k.n_delay, n) for lag in range(k.n_delay)][1:]
-                             or [presynaptic[:, :0]], dim=1)
     return drive, _weight_gradient(Z, presynaptic, drive, k.n_delay), dv0, dz, db, grad_history
 
 
