@@ -108,32 +108,36 @@ class _Recurrent(nn.Module):
         ``recurrent_input`` (credit rules). ``fast``: the fused time loop of :mod:`rnnnotes.fused` where it applies
         (``None``), always (``True``: an error where it cannot) or never (``False``: the plain per-step path).
         ``checkpoint=k``: the plain path in chunks of ``k`` steps whose intermediates are recomputed in the backward
-        pass (activation checkpointing). ``final=True`` returns ``(output, state after the last step)`` from the
-        plain path (the fused loops keep no state); input currents still in flight on delayed synapses are not
-        part of a state."""
+        pass (activation checkpointing). ``final=True`` returns ``(output, state after the last step)``, on either
+        path (:meth:`_final_state` reads it off the fused outputs); input currents still in flight on delayed
+        synapses are not part of a state."""
         require_shape("x", x, (None, None, self.n_in))
         if x.dtype != self.w_in.dtype:
             raise ValueError(f"x must have the weights' dtype {self.w_in.dtype}, got {x.dtype}")
         state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype) if state is None else state
         current, w_rec, params = self.input_current(x), self.step_weights(), self.step_params()
-        if final:
-            if fast or checkpoint is not None:
-                raise ValueError("final=True runs the plain path, without fast=True or checkpoint")
-            return self._loop(current, w_rec, state, params, recurrent or F.recurrent_input)
         if checkpoint is not None:
             require_count(checkpoint=checkpoint)
             if fast:
                 raise ValueError("checkpoint runs the plain path; the fused path saves only its outputs already")
+            if final:
+                raise ValueError("checkpoint returns no final state; final=True runs without it")
             return self._chunked(current, w_rec, state, params, recurrent or F.recurrent_input, int(checkpoint))
         cut = fused.choose(fast, recurrent, (current, w_rec, *state), vmappable=self.state_type is RateState)
         if cut is None:
-            return self._loop(current, w_rec, state, params, recurrent or F.recurrent_input)[0]
+            out, last = self._loop(current, w_rec, state, params, recurrent or F.recurrent_input)
+            return (out, last) if final else out
         recurrent = F.cut_presynaptic if cut else F.recurrent_input
 
         def plain(current, w_rec, *state_and_constants):
             state_ = self.state_type(*state_and_constants[:len(state)])
             return tuple(self._loop(current, w_rec, state_, params, recurrent)[0])
-        return self._fused(current, w_rec, state, params, plain, cut)
+        out = self._fused(current, w_rec, state, params, plain, cut)
+        return (out, self._final_state(out, state, params)) if final else out
+
+    def _final_state(self, out, state, params):
+        """The state after the last step of a fused run, read off its outputs ``(T, B, n)``: ``v_T``, ``z_T``."""
+        return RateState(v=out.v[-1], z=out.z[-1])
 
     def _loop(self, current, w_rec, state, params, recurrent):
         """The plain path: the step function once per step of ``current (T, B, n)``; ``(outputs, final state)``."""
@@ -333,6 +337,28 @@ class _SpikingLayer(_Recurrent):
         for d in range(1, min(self.n_delay, x.shape[0])):
             current[d:].flatten(0, 1).addmm_(x[:-d].flatten(0, 1), w[d])
         return current
+
+    def _final_state(self, out, state, params):
+        r"""The state the plain loop would carry out of a fused run, from its outputs and the initial ``state``:
+        :math:`b_T` by the loop's own recursion :math:`b_t = \rho b_{t-1} + (1 - \rho) z_{t-1}` (so carried
+        states match bit for bit), the refractory steps left after each neuron's last spike (or after the initial
+        count), and the last ``n_delay - 1`` spikes before :math:`z_T` as the history."""
+        steps, batch, n = out.z.shape
+        b = state.b
+        if isinstance(params, ALIFParams):
+            for z in torch.cat([state.z.unsqueeze(0), out.z[:-1]]):
+                b = torch.lerp(z, b, params.rho)
+        ref = state.ref
+        if params.n_ref:
+            spiked = out.z != 0
+            last = steps - 1 - spiked.flip(0).to(torch.uint8).argmax(0)
+            ref = torch.where(spiked.any(0), last + params.n_ref + 1 - steps, state.ref - steps).clamp(min=0).to(ref)
+        history = state.history
+        if self.n_delay > 1:  # z_{T-2}, ..., z_{T-D}, reaching back into the initial spikes for short sequences
+            earlier = state.presynaptic.view(batch, self.n_delay, n).flip(1).transpose(0, 1)  # z_{-D}, ..., z_{-1}
+            recent = torch.cat([earlier, out.z[-self.n_delay:]])[-self.n_delay:]  # z_{T-D}, ..., z_{T-1}
+            history = recent[:-1].flip(0).transpose(0, 1).reshape(batch, -1)
+        return SpikingState(v=out.v[-1], z=out.z[-1], b=b, ref=ref, history=history)
 
     def _fused(self, current, w_rec, state, params, plain, cut):
         adaptive = isinstance(self.params, ALIFParams)

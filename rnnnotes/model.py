@@ -128,7 +128,7 @@ class Network(nn.Module):
     def forward(self, x, *, rule=None, carry=None):
         """Readout of the cell's activity (its ``readout_variable``, ``z`` unless the cell says otherwise);
         ``rule`` (training only) may add a zero-valued credit term to ``z`` (refused for cells read from elsewhere);
-        ``carry`` (a :class:`Carry`) holds the initial state and receives the final one (the cell's plain path)."""
+        ``carry`` (a :class:`Carry`) holds the initial state and receives the final one."""
         read = getattr(self.cell, "readout_variable", "z")
         if rule and rule.side and read != "z":
             raise ValueError(f"rule {rule.name} sends credit through z, but {type(self.cell).__name__} is read out "

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnnotes.cells import ALIF, LIF, RateRNN, spike
+from rnnnotes.cells import ALIF, LIF, RateRNN, SpikingState, spike
 
 
 def numpy_alif(x, w_in, w_rec, delay_in, delay_rec, beta, *, tau_m, tau_a, thr, n_ref, dt, n_delay):
@@ -91,21 +91,46 @@ def test_step_is_one_exact_recurrence():
 
 @pytest.mark.parametrize("make", [lambda: ALIF(3, 3, 3, tau_a=50.0, thr=0.02, n_ref=2, n_delay=4, seed=2),
                                   lambda: RateRNN(3, 5, seed=2)])
-def test_final_state_continues_the_sequence(make):
+@pytest.mark.parametrize("fast", [False, True])
+def test_final_state_continues_the_sequence(make, fast):
     """Two halves, the second from the first's final state, are the whole sequence (no input in flight on a
-    delayed synapse at the cut: the first half ends with silent input)."""
+    delayed synapse at the cut: the first half ends with silent input), on the plain path and on the fused path,
+    whose final state is read off its outputs."""
     cell = make().double()
     x = (torch.rand(40, 2, 3, generator=torch.Generator().manual_seed(0)) < 0.3).double()
     x[16:20] = 0.0
-    whole, last = cell(x, final=True)
-    first, state = cell(x[:20], final=True)
-    second, end = cell(x[20:], state, final=True)
+    whole, last = cell(x, final=True, fast=fast)
+    first, state = cell(x[:20], final=True, fast=fast)
+    second, end = cell(x[20:], state, final=True, fast=fast)
     for a, b, c in zip(whole, first, second):
         assert torch.equal(a, torch.cat([b, c]))
     assert all(torch.equal(a, b) for a, b in zip(last, end))
-    assert torch.equal(whole.z, cell(x, fast=False).z) and whole.z.sum() > 0
+    torch.testing.assert_close(whole.z, cell(x, fast=False).z, rtol=0, atol=1e-12)
+    assert whole.z.sum() > 0
     with pytest.raises(ValueError, match="final"):
-        cell(x, fast=True, final=True)
+        cell(x, checkpoint=10, final=True)
+
+
+@pytest.mark.parametrize("kind", ["alif", "lif"])
+def test_fused_final_state_is_the_plain_loops(kind):
+    """From a random state with refractory neurons and a spike history, over sequences shorter and longer than the
+    delays and the refractory period: the fused run's final state is the one the plain loop carries."""
+    g = torch.Generator().manual_seed(3)
+    cell = (ALIF(3, 3, 3, tau_a=50.0, thr=0.02, n_ref=3, n_delay=5, seed=2) if kind == "alif"
+            else LIF(3, 6, thr=0.02, n_ref=3, n_delay=5, seed=2)).double()
+    state = cell.initial_state(4, dtype=torch.float64)
+    state = state._replace(v=torch.rand(4, 6, generator=g, dtype=torch.float64) * 0.05,
+                           z=(torch.rand(4, 6, generator=g) < 0.5).double(),
+                           b=torch.rand(4, 6, generator=g, dtype=torch.float64),
+                           ref=torch.randint(0, 6, (4, 6), generator=g).double(),
+                           history=(torch.rand(4, 24, generator=g) < 0.5).double())
+    for steps in (1, 3, 12):
+        x = (torch.rand(steps, 4, 3, generator=g) < 0.4).double()
+        plain, fused_ = (cell(x, state, final=True, fast=fast) for fast in (False, True))
+        assert type(fused_[0].z.grad_fn).__name__ == "SpikingSequenceBackward"
+        for name, a, b in zip(SpikingState._fields, plain[1], fused_[1]):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-12, msg=name)
+    assert plain[0].z.sum() > 0 and (plain[1].ref > 0).any() and (plain[1].ref == 0).any()
 
 
 def test_pseudo_derivative_formula():

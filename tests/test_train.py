@@ -186,8 +186,13 @@ def _hand_threaded(cell, batch, state):
 
 
 def test_carried_state_is_the_hand_threaded_state_of_the_previous_batch(tmp_path):
-    model, result = _carry_fit(3, True, run_dir=tmp_path)
+    """Bit for bit on the plain path; the fused path, which reads the final state off its outputs, to rounding."""
+    with fused.disabled():
+        model, result = _carry_fit(3, True, run_dir=tmp_path)
     carried = store.load_torch(tmp_path / "checkpoint.pt")["carry"]
+    (tmp_path / "fused").mkdir()
+    fast_model, fast = _carry_fit(3, True, run_dir=tmp_path / "fused")
+    fast_carried = store.load_torch(tmp_path / "fused" / "checkpoint.pt")["carry"]
     hand, task, opt = _carry_problem()
     state, objective, losses = None, Objective(rate_weight=0.1), []
     for step in range(3):  # thread the state through cell.step by hand
@@ -201,6 +206,9 @@ def test_carried_state_is_the_hand_threaded_state_of_the_previous_batch(tmp_path
     assert result.history["loss"].tolist() == losses
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), hand.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(carried, state)) and state.v.abs().sum() > 0
+    torch.testing.assert_close(fast.history["loss"].tolist(), losses, rtol=1e-5, atol=0)
+    for a, b in zip(fast_carried, state):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     with fused.disabled():  # the same path as the carried run: equal on the first batch, then not
         zero = _carry_fit(3, False)[1].history["loss"].tolist()
     assert zero[0] == losses[0] and zero[1] != losses[1] and zero[2] != losses[2]
