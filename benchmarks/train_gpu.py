@@ -16,6 +16,7 @@ import time
 import torch
 
 from rnnnotes import default_device
+from rnnnotes.profiles import PROFILES
 from rnnnotes.spiking_experiments import SequentialMNIST, StoreRecall
 from rnnnotes.tasks import SMNIST
 from rnnnotes.train import evaluator, fit
@@ -79,11 +80,12 @@ def smnist(args, device):
 
 
 def storerecall(args, device):
-    experiment = StoreRecall(n_symbols=12, symbol_ms=200, batch_size=128, n_iterations=200)
+    experiment = StoreRecall(**PROFILES["02_store_recall"]["paper"])
     setup = experiment.build(device)
     test = [experiment.trials("test")(k).batch for k in range(16)]
     steps, elapsed, per_step = train(setup, args.seconds, evaluate=evaluator(setup.objective, test), every=25)
-    print(f"store-recall, batch 128: {steps} steps in {elapsed:.0f} s (evaluations included), median "
+    print(f"store-recall at `paper` (batch {experiment.batch_size}, {experiment.n_delay} delays, states carried "
+          f"over: {experiment.carry_state}): {steps} steps in {elapsed:.0f} s (evaluations included), median "
           f"{per_step:.3f} s/step")
 
 
