@@ -105,8 +105,8 @@ BOOK_MINUTES = {  # measured within `make book` (2 notebooks at a time on 2 core
 # an upper bound), summed over the notebook's runs. Re-measure and update when a GPU run is timed.
 PAPER_HOURS = {
     "01_neurons": 0.01,  # measured: 12 s on CPU
-    "02_store_recall": 0.4,  # LSNN + LIF control, at most 200 steps each x about 3.5 s (CPU: the carried state
-    # takes the plain time loop, 2.6x slower than the fused one)
+    "02_store_recall": 0.1,  # LSNN + LIF control, at most 200 steps each x 0.377 s (H200, states carried over on
+    # the fused loop, benchmarks/train_gpu.py), plus a validation batch every step
     "03_smnist": 11.2,  # 4 networks x 3 seeds x 36,000 steps, plus the lr sweep's 2 x 3 x 2,000, x 0.091 s (H200,
     # one step measured by benchmarks/train_gpu.py)
     "04_credit_assignment": 3.5,  # 6 rules x 2 lrs, 8 vectorised seeds, 3000 steps: about 7 h on 2 CPU cores
