@@ -25,10 +25,11 @@ def hessian_loss(model, objective, batch, *, names=("cell.w_rec",)):
 def top_curvature(model, objective, batch, *, names=("cell.w_rec",), tol=1e-4, max_iter=80):
     r"""``{"lambda_max": ..., "lambda_abs_max": ..., "hvp_calls": ...}``: the largest algebraic eigenvalue and the
     largest magnitude :math:`|\lambda|` (what BiolHessRNN's power iteration reports) by Lanczos, and the number of
-    Hessian-vector products both took. The products are double-backward ones: through the Python time loop they
-    cost about 2.3-2.6x a gradient, against 3.5x forward-over-reverse (``benchmarks/bench_hessian.py``)."""
+    Hessian-vector products both took. The products are double-backward ones, which through a rate layer's fused
+    loop differentiate its hand-written adjoint (:mod:`rnnnotes.fused_second_order`); they cost less than
+    forward-over-reverse here (``benchmarks/bench_hessian.py``)."""
     loss_fn, params = hessian_loss(model, objective, batch, names=names)
-    options = dict(tol=tol, max_iter=max_iter, eigenvectors=True, hvp="double_backward")  # 3x cheaper here
+    options = dict(tol=tol, max_iter=max_iter, eigenvectors=True, hvp="double_backward")
     with torch.enable_grad():
         top = hessian.top_eigenvalues(loss_fn, params, 1, **options)
         magnitude = hessian.top_eigenvalues(loss_fn, params, 1, largest_magnitude=True, **options)

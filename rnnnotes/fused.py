@@ -10,8 +10,9 @@ delays the spikes are written into a buffer ``(B, D + T, n)`` in which the ``D``
 :math:`t, \dots, t + D - 1` the same way.
 
 The values and derivatives (pseudo-derivative included) are those of the plain path, up to floating-point
-rounding. A backward pass that is itself differentiated (double backward, as in Hessian-vector products) reruns
-the sequence on the plain path and differentiates that. Under ``vmap`` the rate loop runs in a batched form
+rounding. A backward pass that is itself differentiated (double backward, as in Hessian-vector products) runs,
+for the rate loop, as a Function with a hand-written adjoint (:mod:`rnnnotes.fused_second_order`); the spiking
+loop and e-prop's cut rate loop rerun the sequence on the plain path and differentiate that. Under ``vmap`` the rate loop runs in a batched form
 (a leading seed dimension: :mod:`rnnnotes.seeds`); other ``torch.func`` transforms, ``vmap`` of a spiking layer
 and forward-mode AD take the plain path (:func:`choose`). ``fast=False`` on a call, :func:`disabled` around
 code, or ``RNNNOTES_FAST=0`` in the environment switch the fused path off. On CUDA the loops are replayed from
@@ -29,7 +30,7 @@ from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from .functional import ACTIVATION_FUNCTIONS, apply, cut_presynaptic, recurrent_input
 
-_switch = {"on": True}
+_switch = {"on": True, "graphs": True}
 
 
 @contextlib.contextmanager
@@ -40,6 +41,17 @@ def disabled():
         yield
     finally:
         _switch["on"] = before
+
+
+@contextlib.contextmanager
+def without_graphs():
+    """Within this block the fused loops run without CUDA graphs, whose backward can be differentiated only once
+    (for second derivatives: :func:`rnnnotes.hessian.hvp`)."""
+    before, _switch["graphs"] = _switch["graphs"], False
+    try:
+        yield
+    finally:
+        _switch["graphs"] = before
 
 
 def _transforms_allow(vmappable):
@@ -348,6 +360,9 @@ class RateSequence(torch.autograd.Function):
         if torch.is_grad_enabled():
             if w.dim() == 3:
                 raise NotImplementedError("second derivatives of vmapped seeds: call the cells with fast=False")
+            if not ctx.k.cut:  # the fused backward with a hand-written adjoint (rnnnotes.fused_second_order)
+                from .fused_second_order import rate_backward
+                return rate_backward(grad_z, grad_v, Z, V, w, z0, ctx.k) + (None, None)
             return _differentiable_backward(ctx.plain, (current, w, v0, z0, ctx.k), (grad_z, grad_v)) + (None,)
         return _rate_backward(grad_z, grad_v, Z, V, w, z0, ctx.k) + (None, None)
 
@@ -370,13 +385,14 @@ def rate_sequence(current, w, state, params, plain, *, cut, graphs=None):
 # ------------------------------------------------------------------------------------------------------ CUDA graphs
 
 def _run(sequence, args, constants, graphs):
-    """``sequence(*args)``; in training on CUDA (unless ``RNNNOTES_CUDA_GRAPHS=0`` or under ``vmap``) replayed from
+    """``sequence(*args)``; in training on CUDA (unless ``RNNNOTES_CUDA_GRAPHS=0``, under :func:`without_graphs` or
+    under ``vmap``) replayed from
     CUDA graphs of its forward and backward loops, captured on the first call with these shapes, dtypes, gradient
     flags and ``constants`` and kept in ``graphs``: one launch per loop instead of about ten per step. Outputs are
     cloned, since a replay overwrites the graph's own; a capture that fails falls back to the loop with a warning."""
     training = torch.is_grad_enabled() and any(a.requires_grad for a in args)
     if (graphs is None or not (args[0].is_cuda and training) or torch._C._are_functorch_transforms_active()
-            or os.environ.get("RNNNOTES_CUDA_GRAPHS", "1") == "0"):
+            or not _switch["graphs"] or os.environ.get("RNNNOTES_CUDA_GRAPHS", "1") == "0"):
         return sequence(*args)
     key = (constants, tuple((a.shape, a.dtype, a.requires_grad) for a in args))
     if key not in graphs:

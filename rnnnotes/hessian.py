@@ -71,7 +71,7 @@ def hvp(loss_fn, params, v, *, method="forward"):
         _finite(loss)
         return product
     leaves = {k: p.clone().requires_grad_() for k, p in primals.items()}
-    with torch.enable_grad(), fused.disabled():  # CUDA graphs of the fused loop are differentiable once only
+    with torch.enable_grad(), fused.without_graphs():  # CUDA graphs of the fused loop are differentiable once only
         loss = loss_fn(leaves)
         _finite(loss)
         grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
