@@ -12,12 +12,12 @@ delays the spikes are written into a buffer ``(B, D + T, n)`` in which the ``D``
 The values and derivatives (pseudo-derivative included) are those of the plain path, up to floating-point
 rounding. A backward pass that is itself differentiated (double backward, as in Hessian-vector products) runs,
 for the rate loop, as a Function with a hand-written adjoint (:mod:`rnnnotes.fused_second_order`); the spiking
-loop and e-prop's cut rate loop rerun the sequence on the plain path and differentiate that. Under ``vmap`` the rate loop runs in a batched form
-(a leading seed dimension: :mod:`rnnnotes.seeds`); other ``torch.func`` transforms, ``vmap`` of a spiking layer
-and forward-mode AD take the plain path (:func:`choose`). ``fast=False`` on a call, :func:`disabled` around
-code, or ``RNNNOTES_FAST=0`` in the environment switch the fused path off. On CUDA the loops are replayed from
-CUDA graphs in training (:func:`_run`). The readout's low-pass filter has its fused form beside the readout
-(:class:`rnnnotes.model.LowPass`).
+loop and e-prop's cut rate loop rerun the sequence on the plain path and differentiate that. Under ``vmap`` the
+rate loop runs in a batched form (a leading seed dimension: :mod:`rnnnotes.seeds`); other ``torch.func``
+transforms, ``vmap`` of a spiking layer and forward-mode AD take the plain path (:func:`choose`).
+``fast=False`` on a call, :func:`disabled` around code, or ``RNNNOTES_FAST=0`` in the environment switch the fused
+path off. On CUDA the loops are replayed from CUDA graphs in training (:func:`_run`). The readout's low-pass
+filter has its fused form beside the readout (:class:`rnnnotes.model.LowPass`).
 """
 import contextlib
 import os
@@ -106,8 +106,9 @@ class SpikingConstants(NamedTuple):
 
 
 def _delay_window(w_stack, n_delay, adjoint=False):
-    """``(D n, n)``: the weights that act on the window ``[z_{t-D}, ..., z_{t-1}]`` of a step's drive (block ``j``:
-    delay ``D - 1 - j``), or with ``adjoint`` on ``[delta_t, ..., delta_{t+D-1}]`` (block ``d``: ``W^(d)`` transposed)."""
+    """``(D n, n)``: the weights that act on the window ``[z_{t-D}, ..., z_{t-1}]`` of a step's drive (block
+    ``j``: delay ``D - 1 - j``), or with ``adjoint`` on ``[delta_t, ..., delta_{t+D-1}]`` (block ``d``: ``W^(d)``
+    transposed)."""
     n = w_stack.shape[1]
     blocks = w_stack.view(n_delay, n, n)
     return (blocks.transpose(1, 2) if adjoint else blocks.flip(0)).reshape(n_delay * n, n)
@@ -386,10 +387,10 @@ def rate_sequence(current, w, state, params, plain, *, cut, graphs=None):
 
 def _run(sequence, args, constants, graphs):
     """``sequence(*args)``; in training on CUDA (unless ``RNNNOTES_CUDA_GRAPHS=0``, under :func:`without_graphs` or
-    under ``vmap``) replayed from
-    CUDA graphs of its forward and backward loops, captured on the first call with these shapes, dtypes, gradient
-    flags and ``constants`` and kept in ``graphs``: one launch per loop instead of about ten per step. Outputs are
-    cloned, since a replay overwrites the graph's own; a capture that fails falls back to the loop with a warning."""
+    under ``vmap``) replayed from CUDA graphs of its forward and backward loops, captured on the first call with
+    these shapes, dtypes, gradient flags and ``constants`` and kept in ``graphs``: one launch per loop instead of
+    about ten per step. Outputs are cloned, since a replay overwrites the graph's own; a capture that fails falls
+    back to the loop with a warning."""
     training = torch.is_grad_enabled() and any(a.requires_grad for a in args)
     if (graphs is None or not (args[0].is_cuda and training) or torch._C._are_functorch_transforms_active()
             or not _switch["graphs"] or os.environ.get("RNNNOTES_CUDA_GRAPHS", "1") == "0"):

@@ -16,8 +16,9 @@ adjoint of the recursion forward in time,
 
 and then :math:`\partial/\partial g^v = H`, :math:`\partial/\partial g^z = \psi \odot H`, :math:`\partial/\partial
 \psi_t = H_t \odot (g^z_t + D_{t+1} W^T)` (for tanh units :math:`\psi = 1 - z^2` is read off the saved rates, so
-this reaches :math:`z_t` as :math:`-2 z_t` times it; ReLU and linear units have :math:`\phi'' = 0`), :math:`\partial/\partial z_t = D_{t+1} \bar W^T`, :math:`\partial/\partial z_0 = D_0
-\bar W^T` and :math:`\partial/\partial W = \sum_t (\psi_t \odot H_t)^T D_{t+1} + \bar z_0^T D_0`. Autograd carries
+this reaches :math:`z_t` as :math:`-2 z_t` times it; ReLU and linear units have :math:`\phi'' = 0`),
+:math:`\partial/\partial z_t = D_{t+1} \bar W^T`, :math:`\partial/\partial z_0 = D_0 \bar W^T` and
+:math:`\partial/\partial W = \sum_t (\psi_t \odot H_t)^T D_{t+1} + \bar z_0^T D_0`. Autograd carries
 the gradients of :math:`Z` and :math:`V` on through the fused loop's own backward.
 """
 import torch
