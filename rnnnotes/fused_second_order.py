@@ -54,11 +54,11 @@ class RateBackward(torch.autograd.Function):
             source[0] += alpha * bar_v0
         if bar_z0 is not None:
             source[0] += c * (bar_z0 @ w)
-        psi, H = _activation_gain(ctx.k.activation, V, Z), torch.empty_like(Z)
-        H[0] = source[0]
+        psi, H = _activation_gain(ctx.k.activation, V, Z), [source[0]]
         w_c = w * c
-        for t in range(1, steps):
-            torch.addmm(torch.add(source[t], H[t - 1], alpha=alpha), psi[t - 1] * H[t - 1], w_c, out=H[t])
+        for t in range(1, steps):  # no writes into a buffer: this backward stays differentiable by autograd
+            H.append(torch.addmm(torch.add(source[t], H[-1], alpha=alpha), psi[t - 1] * H[-1], w_c))
+        H = torch.stack(H)
         psi_h = psi * H
         later = torch.cat([drive[1:] @ w.T, torch.zeros_like(z0).unsqueeze(0)])  # D_{t+1} W^T, zero at the end
         g_z = later if grad_z is None else grad_z + later

@@ -160,6 +160,23 @@ def test_rate_double_backward_matches_the_plain_path_for_every_input(activation)
     assert_same(*products, torch.float64)
 
 
+def test_rate_third_derivatives_match_the_plain_path():
+    """The hand-written adjoint is itself differentiable by autograd: a third derivative along v, v, v."""
+    cell = RateRNN(3, 4, activation="tanh", seed=1).double()
+    x = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    v = torch.randn(4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    results = []
+    for fast in (False, True):
+        w = cell.w_rec.detach().clone().requires_grad_()
+        out = torch.func.functional_call(cell, {"w_rec": w}, (x,), {"fast": fast})
+        derivative = (out.z ** 3).sum()
+        for order in range(3):
+            derivative = (torch.autograd.grad(derivative, w, create_graph=order < 2)[0] * v).sum()
+        results.append(derivative)
+    assert results[0].abs() > 0
+    torch.testing.assert_close(results[1], results[0], rtol=1e-10, atol=0)
+
+
 def test_the_fused_path_is_taken_where_it_applies(monkeypatch):
     cell = spiking_cell("alif", 2, 1)
     x = torch.rand(6, 2, 5)
