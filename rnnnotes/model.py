@@ -82,8 +82,8 @@ class Readout(nn.Module):
         self.b_out = nn.Parameter(torch.zeros(n_out)) if bias else None
 
     def filter(self, z):
-        """The low-pass filtered activity ``psp`` of ``z (T, B, n)``: :class:`LowPass`, one fused op per step, or op
-        by op where :func:`rnnnotes.fused.choose` picks the plain path."""
+        """The low-pass filtered activity ``psp`` of ``z (T, B, n)``: :class:`LowPass`, or op by op where
+        :func:`rnnnotes.fused.choose` picks the plain path."""
         if self.kappa == 0.0:
             return z
         if fused.choose(None, None, (z,)) is None:
