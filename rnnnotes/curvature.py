@@ -26,7 +26,7 @@ def top_curvature(model, objective, batch, *, names=("cell.w_rec",), tol=1e-4, m
     r"""``{"lambda_max": ..., "lambda_abs_max": ..., "hvp_calls": ...}``: the largest algebraic eigenvalue and the
     largest magnitude :math:`|\lambda|` (what BiolHessRNN's power iteration reports) by Lanczos, and the number of
     Hessian-vector products both took. The products are double-backward ones, which through a rate layer's fused
-    loop differentiate its hand-written adjoint (:mod:`rnnnotes.fused_second_order`); they cost less than
+    loop differentiate its hand-written adjoint (:class:`rnnnotes.fused_rate.RateBackward`); they cost less than
     forward-over-reverse here (``benchmarks/bench_hessian.py``)."""
     loss_fn, params = hessian_loss(model, objective, batch, names=names)
     options = dict(tol=tol, max_iter=max_iter, eigenvectors=True, hvp="double_backward")

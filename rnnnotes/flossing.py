@@ -20,7 +20,7 @@ from .lyapunov import flossing_loss, lyapunov_spectrum
 
 
 def cell_state_map(cell, coordinates=None):
-    """``cell``'s :class:`~rnnnotes.cells.StateMap`, in ``coordinates`` when given (e.g. ``"rate"``)."""
+    """``cell``'s :class:`~rnnnotes.recurrent.StateMap`, in ``coordinates`` when given (e.g. ``"rate"``)."""
     return cell.state_map() if coordinates is None else cell.state_map(coordinates)
 
 

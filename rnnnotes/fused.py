@@ -11,12 +11,13 @@ delays the spikes are written into a buffer ``(B, D + T, n)`` in which the ``D``
 
 The values and derivatives (pseudo-derivative included) are those of the plain path, up to floating-point
 rounding. A backward pass that is itself differentiated (double backward, as in Hessian-vector products) runs,
-for the rate loop, as a Function with a hand-written adjoint (:mod:`rnnnotes.fused_second_order`); the spiking
-loop and e-prop's cut rate loop rerun the sequence on the plain path and differentiate that. Under ``vmap`` the
-rate loop runs in a batched form (a leading seed dimension: :mod:`rnnnotes.seeds`); other ``torch.func``
+for the rate loop, as a Function with a hand-written adjoint; the spiking loop and e-prop's cut rate loop rerun
+the sequence on the plain path and differentiate that (:func:`differentiable_backward`). The rate loop lives in
+:mod:`rnnnotes.fused_rate`; under ``vmap`` it runs in a batched form (a leading seed dimension:
+:mod:`rnnnotes.seeds`); other ``torch.func``
 transforms, ``vmap`` of a spiking layer and forward-mode AD take the plain path (:func:`choose`).
 ``fast=False`` on a call, :func:`disabled` around code, or ``RNNNOTES_FAST=0`` in the environment switch the fused
-path off. On CUDA the loops are replayed from CUDA graphs in training (:func:`_run`). The readout's low-pass
+path off. On CUDA the loops are replayed from CUDA graphs in training (:func:`run_sequence`). The readout's low-pass
 filter has its fused form beside the readout (:class:`rnnnotes.model.LowPass`).
 """
 import contextlib
@@ -28,7 +29,7 @@ import torch
 from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-from .functional import ACTIVATION_FUNCTIONS, apply, cut_presynaptic, recurrent_input
+from .functional import cut_presynaptic, recurrent_input
 
 _switch = {"on": True, "graphs": True}
 
@@ -225,7 +226,7 @@ def _spiking_backward(grads, saved, w_stack, presynaptic, k):
     return drive, _weight_gradient(Z, presynaptic, drive, k.n_delay), dv0, dz, db, grad_history
 
 
-def _differentiable_backward(plain, inputs, outputs_grads):
+def differentiable_backward(plain, inputs, outputs_grads):
     """Gradients of ``plain(*inputs)`` (the plain path) by autograd with ``create_graph``: what a fused backward
     does when it is itself differentiated (a Hessian-vector product by double backward)."""
     with torch.enable_grad():
@@ -254,7 +255,7 @@ class SpikingSequence(torch.autograd.Function):
     def backward(ctx, grad_z, grad_v, grad_a):
         Z, V, A, *inputs = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return _differentiable_backward(ctx.plain, (*inputs, ctx.k), (grad_z, grad_v, grad_a)) + (None,)
+            return differentiable_backward(ctx.plain, (*inputs, ctx.k), (grad_z, grad_v, grad_a)) + (None,)
         current, w_stack, v0, z0, b0, ref0, history0, beta = inputs
         grads = _Grads(grad_z, grad_v, grad_a, beta)
         presynaptic = torch.cat([z0, history0], dim=1)
@@ -266,7 +267,7 @@ class SpikingSequence(torch.autograd.Function):
 def spiking_sequence(current, w_stack, state, params, plain, *, adaptive, cut, graphs=None):
     """``(z, v, threshold)`` of the LSNN step run from ``state`` on ``current (T, B, n)``; ``params`` is an
     ALIF/LIF params object (``beta`` a per-neuron tensor for ALIF), ``plain`` the same map on the plain path,
-    ``graphs`` a dict in which CUDA graphs are kept (:func:`_run`)."""
+    ``graphs`` a dict in which CUDA graphs are kept (:func:`run_sequence`)."""
     n_delay = w_stack.shape[0] // w_stack.shape[1]
     positive = not adaptive or bool((state.b.min() >= 0) & (state.z.min() >= 0))
     k = SpikingConstants(alpha=params.alpha, rho=params.rho if adaptive else 0.0, thr=float(params.thr),
@@ -274,118 +275,12 @@ def spiking_sequence(current, w_stack, state, params, plain, *, adaptive, cut, g
                          adaptive=adaptive, cut=cut, positive=positive)
     beta = params.beta.to(current) if adaptive else current.new_zeros(current.shape[-1])
     args = (current, w_stack, state.v, state.z, state.b, state.ref, state.history, beta)
-    return _run(lambda *a: SpikingSequence.apply(*a, k, plain), args, k, graphs)
-
-
-# ------------------------------------------------------------------------------------------------------ rate layer
-
-class RateConstants(NamedTuple):
-    alpha: float
-    activation: str
-    cut: bool
-
-
-def _activation_gain(activation, V, Z):
-    """:math:`\\phi'(v)` from the saved ``v`` and ``z = \\phi(v)``."""
-    if activation == "tanh":
-        return 1.0 - Z * Z
-    return ACTIVATION_FUNCTIONS[activation][1](V)
-
-
-def _matmul_add(c, a, b):
-    """``c + a @ b`` for matrices, or for stacks of them with a leading seed dimension."""
-    return torch.addmm(c, a, b) if b.dim() == 2 else torch.baddbmm(c, a, b)
-
-
-def _matmul(a, b):
-    """``a @ b`` for matrices or stacks of them, without ``matmul``'s reshapes around a batched product."""
-    return torch.mm(a, b) if b.dim() == 2 else torch.bmm(a, b)
-
-
-_ACTIVATION_INTO = {  # phi(v) written into ``out``: one operation per step instead of phi and a copy
-    "tanh": lambda v, out: torch.tanh(v, out=out),
-    "relu": lambda v, out: torch.clamp_min(v, 0.0, out=out),
-}
-
-
-def _activation_into(activation):
-    """``phi_into(v, out)``: ``out`` set to :math:`\\phi(v)` and returned."""
-    phi = ACTIVATION_FUNCTIONS[activation][0]
-    return _ACTIVATION_INTO.get(activation, lambda v, out: out.copy_(phi(v)))
-
-
-def _rate_backward(grad_z, grad_v, Z, V, w, z0, k):
-    """BPTT through the rate loop: the gradients of the drive (shaped like ``Z``), ``w`` and the initial ``v``,
-    ``z``. Time is dimension 0, or 1 after a leading seed dimension (``w (S, n, n)``)."""
-    gain, time = _activation_gain(k.activation, V, Z), w.dim() - 2
-    steps, G = Z.shape[time], torch.empty_like(Z)  # G[t] = d L / d v_t
-    w_back = (w.transpose(-1, -2) * (1.0 - k.alpha)).contiguous()
-    dv = dz = zeros = torch.zeros_like(z0)  # never written in place
-    for t in range(steps - 1, -1, -1):
-        g_z = dz if grad_z is None else grad_z.select(time, t) + dz
-        g_v = torch.addcmul(dv if grad_v is None else grad_v.select(time, t) + dv, gain.select(time, t), g_z,
-                            out=G.select(time, t))
-        dv = g_v * k.alpha
-        dz = zeros if k.cut else _matmul(g_v, w_back)
-    drive = G.mul_(1.0 - k.alpha)
-    earlier = Z.narrow(time, 0, steps - 1).flatten(time, time + 1).transpose(-1, -2)  # z_{t-1}, t >= 1
-    grad_w = z0.transpose(-1, -2) @ drive.select(time, 0) + earlier @ drive.narrow(time, 1, steps - 1).flatten(
-        time, time + 1)
-    return drive, grad_w, dv, dz
-
-
-class RateSequence(torch.autograd.Function):
-    r"""``(Z, V)`` of :func:`rnnnotes.functional.rate_step` over a whole sequence ``current (T, B, n)``, or of
-    ``S`` networks at once (``current (S, T, B, n)``, ``w (S, n, n)``: what ``vmap`` over seeds runs). Backward:
-    :math:`\delta v_t = g^v_t + \alpha \delta v_{t+1} + \phi'(v_t)(g^z_t + (1-\alpha)\delta v_{t+1} W^T)`."""
-
-    @staticmethod
-    def forward(current, w, v, z, k, plain):
-        Z, V, time = torch.empty_like(current), torch.empty_like(current), w.dim() - 2
-        phi_into = _activation_into(k.activation)
-        for t in range(current.shape[time]):
-            v = torch.lerp(_matmul_add(current.select(time, t), z, w), v, k.alpha, out=V.select(time, t))
-            z = phi_into(v, Z.select(time, t))
-        return Z, V
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        current, w, v0, z0, k, plain = inputs
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(current, w, v0, z0, *output)
-        ctx.k, ctx.plain = k, plain
-
-    @staticmethod
-    def backward(ctx, grad_z, grad_v):
-        current, w, v0, z0, Z, V = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            if w.dim() == 3:
-                raise NotImplementedError("second derivatives of vmapped seeds: call the cells with fast=False")
-            if not ctx.k.cut:  # the fused backward with a hand-written adjoint (rnnnotes.fused_second_order)
-                from .fused_second_order import rate_backward
-                return rate_backward(grad_z, grad_v, Z, V, w, z0, ctx.k) + (None, None)
-            return _differentiable_backward(ctx.plain, (current, w, v0, z0, ctx.k), (grad_z, grad_v)) + (None,)
-        return _rate_backward(grad_z, grad_v, Z, V, w, z0, ctx.k) + (None, None)
-
-    @staticmethod
-    def vmap(info, in_dims, current, w, v, z, k, plain):
-        """Seeds under ``vmap``: the seed dimension made the leading one and the batched loop run."""
-        def seeds_first(x, dim):
-            return x.expand(info.batch_size, *x.shape) if dim is None else x.movedim(dim, 0)
-        batched = [seeds_first(x, dim) for x, dim in zip((current, w, v, z), in_dims)]
-        return RateSequence.apply(*batched, k, plain), (0, 0)
-
-
-def rate_sequence(current, w, state, params, plain, *, cut, graphs=None):
-    """``(z, v)`` of the rate step run from ``state`` on ``current (T, B, n)``; ``plain`` the same map on the
-    plain path, ``graphs`` a dict in which CUDA graphs are kept (:func:`_run`)."""
-    k = RateConstants(alpha=params.alpha, activation=params.activation, cut=cut)
-    return _run(lambda *a: apply(RateSequence, *a, k, plain), (current, w, state.v, state.z), k, graphs)
+    return run_sequence(lambda *a: SpikingSequence.apply(*a, k, plain), args, k, graphs)
 
 
 # ------------------------------------------------------------------------------------------------------ CUDA graphs
 
-def _run(sequence, args, constants, graphs):
+def run_sequence(sequence, args, constants, graphs):
     """``sequence(*args)``; in training on CUDA (unless ``RNNNOTES_CUDA_GRAPHS=0``, under :func:`without_graphs` or
     under ``vmap``) replayed from CUDA graphs of its forward and backward loops, captured on the first call with
     these shapes, dtypes, gradient flags and ``constants`` and kept in ``graphs``: one launch per loop instead of

@@ -13,7 +13,7 @@ Jacobian products and the QR into the weights.
 import torch
 from torch.func import jvp, vmap
 
-from .cells import StateMap
+from .recurrent import StateMap
 from .checks import require_integer, require_nonnegative, require_positive
 from .seeding import generator
 
@@ -33,7 +33,7 @@ def random_basis(n, k, *, seed=0, batch=1, dtype=torch.float32, device=None):
 
 def tangent_step(step_fn, h, x, Q):
     r"""``(h_t, D_t Q)``: one step of the map and its Jacobian applied to the ``k`` columns of ``Q (B, N, k)``,
-    in one forward-mode pass batched over the columns; for a :class:`~rnnnotes.cells.StateMap` with a closed-form
+    in one forward-mode pass batched over the columns; for a :class:`~rnnnotes.recurrent.StateMap` with a closed-form
     ``tangent``, that instead."""
     if isinstance(step_fn, StateMap):
         if step_fn.tangent is not None:
@@ -82,7 +82,7 @@ def _blocks(T, t_ons, warmup):
 def lyapunov_spectrum(step_fn, h0, inputs, k, *, t_ons=1, warmup=0, seed=0, per_trajectory=False):
     r"""The ``k`` largest Lyapunov exponents (per step, natural log) of ``h_t = step_fn(h_{t-1}, x_t)``, descending.
 
-    ``step_fn``: a function ``(h, x) -> h``, or a cell's :class:`~rnnnotes.cells.StateMap`, whose closed-form
+    ``step_fn``: a function ``(h, x) -> h``, or a cell's :class:`~rnnnotes.recurrent.StateMap`, whose closed-form
     ``tangent`` (rate cells) then replaces the batched Jacobian-vector products.
 
     ``h0 (B, N)`` starts ``B`` trajectories driven by ``inputs (T, B, ...)``; each gets its own tangent basis

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .cells import StateMap
+from .recurrent import StateMap
 from .checks import require_bool, require_integer
 from .memory import autograd_saved_bytes, available_bytes
 from .seeding import generator, resolve_seed

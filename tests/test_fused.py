@@ -136,7 +136,7 @@ def test_second_derivatives_are_the_plain_paths(make):
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "linear"])
 def test_rate_double_backward_matches_the_plain_path_for_every_input(activation):
-    """The hand-written adjoint of the fused rate backward (rnnnotes.fused_second_order): Hessian-vector products
+    """The hand-written adjoint of the fused rate backward (rnnnotes.fused_rate.RateBackward): Hessian-vector products
     for the input, every weight and the initial state, of a loss that reads z and v nonlinearly."""
     g = torch.Generator().manual_seed(4)
     cell = RateRNN(3, 5, activation=activation, tau=4.0, seed=2).double()
