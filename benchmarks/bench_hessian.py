@@ -4,7 +4,8 @@ The BiolHessRNN network (128 ReLU units, row-wise MNIST, Hessian w.r.t. W_rec of
 held-out digits), after a few SGD steps. Prints the number of Hessian-vector products (HVPs) and the wall time each
 method needs to get the top eigenvalue within 1e-3 of a tight reference, the HVPs each uses when left to its own
 stopping rule at tol 1e-3 (and the error of what it returns), for the top eigenvalue and for the top 5 (`--top`),
-and the cost of one HVP (forward-over-reverse and double backward) relative to one gradient:
+and the cost of one HVP (forward-over-reverse, double backward, and double backward through a gradient graph kept
+from one product to the next, as Lanczos does) relative to one gradient:
     python benchmarks/bench_hessian.py
 Needs `pyhessian` (in requirements.txt). PyHessian's loss has no access to the weights, so both sides use the
 cross-entropy alone (no L2 term), and its power iteration finds the largest |eigenvalue|, so rnnnotes is asked for
@@ -22,7 +23,7 @@ import torch
 from rnnnotes import hessian, numerics
 from rnnnotes.rate_experiments import RowMNISTCurvature
 from rnnnotes.train import fit
-from timing import median_time, row
+from timing import median_times, row
 
 
 def network(args):
@@ -146,11 +147,30 @@ def measure(args):
                 for method in hessian.METHODS}
         own = {top: [own_stopping_rules(model, batch, loss_fn, params, values, args.accuracy, s) for s in seeds]
                for top, values in references.items()}
-        v = {k: torch.randn_like(p) for k, p in params.items()}
-        gradient = median_time(lambda: torch.func.grad(loss_fn)(params), args.repeats)
-        hvp = {method: median_time(lambda: hessian.hvp(loss_fn, params, v, method=method), args.repeats)
-               for method in hessian.METHODS}
+        gradient, hvp = costs(loss_fn, params, args.repeats)
     return dict(reference=reference, theirs=theirs, ours=ours, own=own, gradient=gradient, hvp=hvp)
+
+
+KEPT = "double_backward, graph kept (Lanczos)"
+
+
+def costs(loss_fn, params, repeats):
+    """Seconds of one gradient (the faster of ``torch.func.grad`` and ``torch.autograd.grad``, which runs the
+    fused loop) and ``{way: seconds}`` of one HVP: ``hessian.hvp`` by each method, and a product of the
+    double-backward operator Lanczos uses once its gradient graph is built (interleaved medians)."""
+    v = {k: torch.randn_like(p) for k, p in params.items()}
+    leaves = {k: p.clone().requires_grad_() for k, p in params.items()}
+    operator = hessian.HessianOperator(loss_fn, params, method="double_backward")
+    x = torch.cat([t.reshape(-1) for t in v.values()])
+    operator.matvec(x)  # builds the gradient's graph
+    times = median_times({
+        "func.grad": lambda: torch.func.grad(loss_fn)(params),
+        "autograd.grad": lambda: torch.autograd.grad(loss_fn(leaves), list(leaves.values())),
+        **{method: lambda method=method: hessian.hvp(loss_fn, params, v, method=method)
+           for method in hessian.METHODS},
+        KEPT: lambda: operator.matvec(x)}, repeats)
+    gradient = min(times.pop("func.grad"), times.pop("autograd.grad"))
+    return gradient, times
 
 
 def means(runs):
@@ -191,6 +211,8 @@ def rows(args, m):
         note = (f"HVPs {calls:.1f} vs {theirs_calls:.1f} (own stopping rules: {own['Lanczos']:.1f} vs "
                 f"{own['PyHessian']:.1f}; top {args.top}: {top['Lanczos']:.1f} vs {top['PyHessian']:.1f}); one HVP "
                 f"{m['hvp'][method] / m['gradient']:.1f}x a gradient")
+        if method == "double_backward":
+            note += f", {m['hvp'][KEPT] / m['gradient']:.1f}x with the gradient's graph kept (in Lanczos)"
         out.append(row(f"Hessian top eigenvalue: Lanczos ({method}) vs PyHessian", setting, "cpu", seconds,
                        theirs_time, note))
     return out

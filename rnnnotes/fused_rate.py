@@ -106,10 +106,12 @@ class RateBackward(torch.autograd.Function):
         grad_z, Z, V, w, z0, drive = ctx.saved_tensors
         alpha, c = ctx.k.alpha, 1.0 - ctx.k.alpha
         steps = Z.shape[0]
-        earlier = torch.cat([z0.unsqueeze(0), Z[:-1]])  # z_{t-1}
-        source = torch.zeros_like(Z) if bar_drive is None else bar_drive * c
+        source = None if bar_drive is None else bar_drive * c
         if bar_w is not None:
-            source = source + c * (earlier @ bar_w)
+            reached = torch.cat([z0.unsqueeze(0), Z[:-1]]) @ (c * bar_w)  # c z_{t-1} W-bar
+            source = reached if source is None else source + reached
+        if source is None:
+            source = torch.zeros_like(Z)
         if bar_v0 is not None:
             source[0] += alpha * bar_v0
         if bar_z0 is not None:
@@ -119,11 +121,10 @@ class RateBackward(torch.autograd.Function):
         for t in range(1, steps):  # no writes into a buffer: this backward stays differentiable by autograd
             H.append(torch.addmm(torch.add(source[t], H[-1], alpha=alpha), psi[t - 1] * H[-1], w_c))
         H = torch.stack(H)
-        psi_h = psi * H
-        later = torch.cat([drive[1:] @ w.T, torch.zeros_like(z0).unsqueeze(0)])  # D_{t+1} W^T, zero at the end
-        g_z = later if grad_z is None else grad_z + later
-        d_psi = H * g_z
-        dZ = d_psi.mul_(Z).mul_(-2.0) if ctx.k.activation == "tanh" else None  # psi = 1 - z^2, read off z
+        psi_h, dZ = psi * H, None
+        if ctx.k.activation == "tanh":  # d/d psi_t, reaching z_t through psi = 1 - z^2 (phi'' = 0 for the others)
+            later = torch.cat([drive[1:] @ w.T, torch.zeros_like(z0).unsqueeze(0)])  # D_{t+1} W^T, zero at the end
+            dZ = (H * (later if grad_z is None else grad_z + later)).mul_(Z).mul_(-2.0)
         dW = psi_h[:-1].flatten(0, 1).T @ drive[1:].flatten(0, 1)
         dz0 = None
         if bar_z0 is not None:

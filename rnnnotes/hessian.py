@@ -70,19 +70,38 @@ def hvp(loss_fn, params, v, *, method="forward"):
         _, product, loss = jvp(grad(loss_and_value, has_aux=True), (primals,), (tangents,), has_aux=True)
         _finite(loss)
         return product
-    leaves = {k: p.clone().requires_grad_() for k, p in primals.items()}
-    with torch.enable_grad(), fused.without_graphs():  # CUDA graphs of the fused loop are differentiable once only
-        loss = loss_fn(leaves)
+    leaves, grads = _gradient_graph(loss_fn, primals)
+    return dict(zip(primals, _backward_product(leaves, grads, list(tangents.values()), keep=False)))
+
+
+def _gradient_graph(loss_fn, primals):
+    """``(leaves, grads)``: fresh leaves holding ``primals`` and the gradient of ``loss_fn`` at them, with its graph
+    (CUDA graphs of the fused loops are switched off: they are differentiable once only)."""
+    leaves = [p.clone().requires_grad_() for p in primals.values()]
+    with torch.enable_grad(), fused.without_graphs():
+        loss = loss_fn(dict(zip(primals, leaves)))
         _finite(loss)
-        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
-        products = torch.autograd.grad(grads, list(leaves.values()), grad_outputs=list(tangents.values()),
-                                       allow_unused=True)
-    return {k: torch.zeros_like(p) if h is None else h for (k, p), h in zip(leaves.items(), products)}
+        return leaves, torch.autograd.grad(loss, leaves, create_graph=True)
+
+
+def _backward_product(leaves, grads, tangents, *, keep):
+    r""":math:`\nabla_\theta \langle g, v \rangle` for the gradients ``grads`` of :func:`_gradient_graph` and
+    ``tangents`` ``v`` (a list like ``leaves``), one backward pass through the gradient's graph (``keep``: kept for
+    the next product). A gradient that does not depend on the parameters contributes zeros."""
+    linked = [i for i, g in enumerate(grads) if g.requires_grad]
+    products = [torch.zeros_like(p) for p in leaves]
+    if linked:
+        found = torch.autograd.grad([grads[i] for i in linked], leaves, [tangents[i] for i in linked],
+                                    retain_graph=keep, allow_unused=True)
+        products = [p if h is None else h for p, h in zip(products, found)]
+    return products
 
 
 class HessianOperator:
     """The Hessian of ``loss_fn`` at ``params`` as a linear map of flat vectors, ``matvec(x) = H x``;
-    ``calls`` counts the Hessian-vector products."""
+    ``calls`` counts the Hessian-vector products. With ``method="double_backward"`` the gradient and its graph are
+    built at the first product and kept: each product is then one backward pass through them (PyHessian's way),
+    for the memory of that graph while the operator lives."""
 
     def __init__(self, loss_fn, params, *, method="forward"):
         _check_params(params)
@@ -91,6 +110,7 @@ class HessianOperator:
         self.size = sum(p.numel() for p in self.params.values())
         self.dtype, self.device = next(iter(self.params.values())).dtype, next(iter(self.params.values())).device
         self.calls = 0
+        self._gradient = None
 
     def unflatten(self, x):
         out, i = {}, 0
@@ -101,8 +121,13 @@ class HessianOperator:
 
     def matvec(self, x):
         self.calls += 1
-        product = hvp(self.loss_fn, self.params, self.unflatten(x), method=self.method)
-        return torch.cat([product[k].reshape(-1) for k in self.params])
+        if self.method == "forward":
+            product = hvp(self.loss_fn, self.params, self.unflatten(x), method=self.method)
+            return torch.cat([product[k].reshape(-1) for k in self.params])
+        if self._gradient is None:
+            self._gradient = _gradient_graph(self.loss_fn, self.params)
+        tangents = [t.to(p.dtype) for t, p in zip(self.unflatten(x).values(), self.params.values())]
+        return torch.cat([h.reshape(-1) for h in _backward_product(*self._gradient, tangents, keep=True)])
 
 
 def dense_hessian(loss_fn, params):
@@ -262,8 +287,10 @@ def top_eigenvalues(loss_fn, params, k=1, *, method="lanczos", **options):
     ``options``: ``tol`` (1e-6), ``max_iter`` (100; at least ``k`` for Lanczos), ``seed`` (0: the start vector's
     stream), ``largest_magnitude`` (False; True gives the magnitudes :math:`|\lambda|` of the ``k`` eigenvalues
     largest in magnitude, descending, what the original BiolHessRNN power iteration reports), ``eigenvectors``
-    (False: return :class:`Eigen` with the unit eigenvectors as columns), ``hvp`` (``"forward"`` or
-    ``"double_backward"``). An iterative method that stops at ``max_iter`` warns (:class:`NotConvergedWarning`).
+    (False: return :class:`Eigen` with the unit eigenvectors as columns), ``hvp`` (``"double_backward"``,
+    the default: after the first product each is one backward pass through the kept gradient graph, see
+    :class:`HessianOperator`; or ``"forward"``). An iterative method that stops at ``max_iter`` warns
+    (:class:`NotConvergedWarning`).
     """
     unknown = set(options) - {"tol", "max_iter", "seed", "largest_magnitude", "eigenvectors", "hvp"}
     if unknown:
@@ -271,9 +298,9 @@ def top_eigenvalues(loss_fn, params, k=1, *, method="lanczos", **options):
                          f"eigenvectors, hvp")
     if method not in ("lanczos", "power", "dense"):
         raise ValueError(f"method must be 'lanczos', 'power' or 'dense', got {method!r}")
-    if options.get("hvp", "forward") not in METHODS:
+    if options.get("hvp", "double_backward") not in METHODS:
         raise ValueError(f"hvp must be one of {', '.join(METHODS)}, got {options['hvp']!r}")
-    op = HessianOperator(loss_fn, params, method=options.get("hvp", "forward"))
+    op = HessianOperator(loss_fn, params, method=options.get("hvp", "double_backward"))
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= op.size:
         raise ValueError(f"k must be an integer between 1 and the number of selected parameters ({op.size}), "
                          f"got {k!r}")

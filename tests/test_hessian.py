@@ -62,6 +62,36 @@ def test_hvp_leaves_params_alone():
         assert p.grad is None and torch.equal(p.detach(), before[k])
 
 
+@pytest.mark.parametrize("kind", ["rate", "alif"])
+def test_double_backward_operator_builds_the_gradient_once_and_each_product_stays_exact(kind):
+    """Lanczos' products reuse one gradient graph: each must still be the dense Hessian times its own vector."""
+    _, loss_fn, params = _network_loss(kind)
+    evaluations = []
+
+    def counted(p):
+        evaluations.append(1)
+        return loss_fn(p)
+    operator = hessian.HessianOperator(counted, params, method="double_backward")
+    H = hessian.dense_hessian(loss_fn, params)
+    for seed in range(3):
+        x = _flat(_random_like(params, seed))
+        assert (operator.matvec(x) - H @ x).norm() <= 1e-8 * (H @ x).norm()
+    assert len(evaluations) == 1 and operator.calls == 3
+
+
+def test_a_parameter_the_gradient_does_not_depend_on_has_zero_curvature():
+    def loss_fn(p):
+        return (p["a"] ** 3).sum() + 2.0 * p["b"].sum()
+    params = {"a": torch.tensor([1.0, -2.0], dtype=torch.float64), "b": torch.zeros(3, dtype=torch.float64)}
+    exact = torch.diag(torch.tensor([6.0, -12.0, 0.0, 0.0, 0.0], dtype=torch.float64))
+    v = _random_like(params, 0)
+    for method in hessian.METHODS:
+        torch.testing.assert_close(_flat(hessian.hvp(loss_fn, params, v, method=method)), exact @ _flat(v))
+    for hvp in hessian.METHODS:
+        top = hessian.top_eigenvalues(loss_fn, params, k=2, hvp=hvp)
+        torch.testing.assert_close(top, torch.tensor([6.0, 0.0], dtype=torch.float64), rtol=1e-10, atol=1e-12)
+
+
 def _quadratic(eigenvalues, seed=0):
     """``L(x) = 1/2 x^T A x`` with ``A = Q diag(eigenvalues) Q^T``: the Hessian is ``A``."""
     n = len(eigenvalues)
