@@ -57,13 +57,18 @@ class RateRNN(RecurrentLayer):
 
     def state_map(self):
         r"""The step on ``h = v`` (:class:`StateMap`) with its closed-form tangent map
-        :math:`D_t Q = \alpha Q + (1 - \alpha) W_{rec}^T (\phi'(v_{t-1}) \odot Q)`."""
+        :math:`D_t Q = \alpha Q + (1 - \alpha) W_{rec}^T (\phi'(v_{t-1}) \odot Q)`. The tangent map computes the
+        step too, with :math:`\phi(v_{t-1}) W_{rec}` and :math:`(\phi'(v_{t-1}) \odot Q)^T W_{rec}` as one matrix
+        product."""
         base = super().state_map()
-        dphi = F.ACTIVATION_FUNCTIONS[self.params.activation][1]
+        phi, dphi = F.ACTIVATION_FUNCTIONS[self.params.activation]
 
         def tangent(h, x, Q):
-            mixed = transposed_product(self.step_weights(), dphi(h).unsqueeze(-1) * Q)
-            return base.step(h, x), mixed if self.alpha == 0 else torch.lerp(mixed, Q, self.alpha)
+            rows = torch.cat([phi(h).unsqueeze(-2), (dphi(h).unsqueeze(-1) * Q).mT], dim=-2) @ self.step_weights()
+            drive, mixed = self.input_current(x) + rows[..., 0, :], rows[..., 1:, :].mT
+            if self.alpha == 0:
+                return drive, mixed
+            return torch.lerp(drive, h, self.alpha), torch.lerp(mixed, Q, self.alpha)
         return base._replace(tangent=tangent)
 
     def _from_parts(self, parts):
