@@ -61,10 +61,12 @@ class RateRNN(RecurrentLayer):
         step too, with :math:`\phi(v_{t-1}) W_{rec}` and :math:`(\phi'(v_{t-1}) \odot Q)^T W_{rec}` as one matrix
         product."""
         base = super().state_map()
-        phi, dphi = F.ACTIVATION_FUNCTIONS[self.params.activation]
+        phi = F.ACTIVATION_FUNCTIONS[self.params.activation][0]
 
         def tangent(h, x, Q):
-            rows = torch.cat([phi(h).unsqueeze(-2), (dphi(h).unsqueeze(-1) * Q).mT], dim=-2) @ self.step_weights()
+            z = phi(h)
+            gain = F.activation_gain(self.params.activation, h, z)
+            rows = torch.cat([z.unsqueeze(-2), (gain.unsqueeze(-1) * Q).mT], dim=-2) @ self.step_weights()
             drive, mixed = self.input_current(x) + rows[..., 0, :], rows[..., 1:, :].mT
             if self.alpha == 0:
                 return drive, mixed

@@ -141,6 +141,13 @@ ACTIVATION_FUNCTIONS = {
 }
 
 
+def activation_gain(activation, v, z):
+    """:math:`\\phi'(v)` from ``v`` and ``z = \\phi(v)`` (for tanh read off ``z``: :math:`1 - z^2`)."""
+    if activation == "tanh":
+        return 1.0 - z * z
+    return ACTIVATION_FUNCTIONS[activation][1](v)
+
+
 def rate_step(input_current, state, params, w_rec, *, recurrent=recurrent_input):
     r"""Leaky rate unit (``params``: :class:`~rnnnotes.params.RateParams`).
 

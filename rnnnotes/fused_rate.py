@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from .functional import ACTIVATION_FUNCTIONS, apply
+from .functional import ACTIVATION_FUNCTIONS, activation_gain, apply
 from .fused import differentiable_backward, run_sequence
 
 
@@ -35,13 +35,6 @@ class RateConstants(NamedTuple):
     alpha: float
     activation: str
     cut: bool
-
-
-def _activation_gain(activation, V, Z):
-    """:math:`\\phi'(v)` from the saved ``v`` and ``z = \\phi(v)``."""
-    if activation == "tanh":
-        return 1.0 - Z * Z
-    return ACTIVATION_FUNCTIONS[activation][1](V)
 
 
 def _matmul_add(c, a, b):
@@ -69,7 +62,7 @@ def _activation_into(activation):
 def _rate_backward(grad_z, grad_v, Z, V, w, z0, k):
     """BPTT through the rate loop: the gradients of the drive (shaped like ``Z``), ``w`` and the initial ``v``,
     ``z``. Time is dimension 0, or 1 after a leading seed dimension (``w (S, n, n)``)."""
-    gain, time = _activation_gain(k.activation, V, Z), w.dim() - 2
+    gain, time = activation_gain(k.activation, V, Z), w.dim() - 2
     steps, G = Z.shape[time], torch.empty_like(Z)  # G[t] = d L / d v_t
     w_back = (w.transpose(-1, -2) * (1.0 - k.alpha)).contiguous()
     dv = dz = zeros = torch.zeros_like(z0)  # never written in place
@@ -116,7 +109,7 @@ class RateBackward(torch.autograd.Function):
             source[0] += alpha * bar_v0
         if bar_z0 is not None:
             source[0] += c * (bar_z0 @ w)
-        psi, H = _activation_gain(ctx.k.activation, V, Z), [source[0]]
+        psi, H = activation_gain(ctx.k.activation, V, Z), [source[0]]
         w_c = w * c
         for t in range(1, steps):  # no writes into a buffer: this backward stays differentiable by autograd
             H.append(torch.addmm(torch.add(source[t], H[-1], alpha=alpha), psi[t - 1] * H[-1], w_c))
