@@ -14,11 +14,11 @@ rounding. A backward pass that is itself differentiated (double backward, as in 
 for the rate loop, as a Function with a hand-written adjoint; the spiking loop and e-prop's cut rate loop rerun
 the sequence on the plain path and differentiate that (:func:`differentiable_backward`). The rate loop lives in
 :mod:`rnnnotes.fused_rate`; under ``vmap`` it runs in a batched form (a leading seed dimension:
-:mod:`rnnnotes.seeds`); other ``torch.func``
-transforms, ``vmap`` of a spiking layer and forward-mode AD take the plain path (:func:`choose`).
-``fast=False`` on a call, :func:`disabled` around code, or ``RNNNOTES_FAST=0`` in the environment switch the fused
-path off. On CUDA the loops are replayed from CUDA graphs in training (:func:`run_sequence`). The readout's low-pass
-filter has its fused form beside the readout (:class:`rnnnotes.model.LowPass`).
+:mod:`rnnnotes.seeds`); other ``torch.func`` transforms, ``vmap`` of a spiking layer and forward-mode AD take the
+plain path (:func:`choose`). ``fast=False`` on a call, :func:`disabled` around code, or ``RNNNOTES_FAST=0`` in the
+environment switch the fused path off. On CUDA the loops are replayed from CUDA graphs in training
+(:func:`run_sequence`). The readout's low-pass filter has its fused form beside the readout
+(:class:`rnnnotes.model.LowPass`).
 """
 import contextlib
 import os
