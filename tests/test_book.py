@@ -1,5 +1,7 @@
 """Every notebook runs at `smoke` through the real runner; the book builds with -W and renders offline."""
+import ast
 import os
+import re
 import shutil
 import subprocess
 
@@ -34,6 +36,23 @@ def test_a_book_from_stored_results_trains_nothing(built_book, tmp_path):
     assert built_book[1].returncode == 0
     result = cli("book", "--profile", "smoke", "--stored", "--jobs", "2", "--book-dir", str(tmp_path / "book"))
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_credit_assignment_shows_each_rule_where_its_runs_finished(tmp_path, monkeypatch):
+    """Notebook 04 at a learning rate where every run diverges (listed first) and a sane one: each rule is shown at
+    the sane one, and every diverged run is listed. A diverged run has no final loss to rank its learning rate by;
+    ranked by what such runs logged before they stopped (nothing, here: a NaN mean), the diverging rate was shown."""
+    monkeypatch.setenv("RNNNOTES_RESULTS", str(tmp_path / "results"))
+    output = tmp_path / "04.ipynb"
+    runner.run("04_credit_assignment", "smoke", {"lrs": [1000.0, 5e-4]}, output=output)
+    printed = "".join(o.get("text", "") for c in nbformat.read(output, as_version=4).cells
+                      if c.cell_type == "code" for o in c.outputs)
+    parameters = profiles.resolve("04_credit_assignment", "smoke")
+    rules = parameters["rules"]
+    shown = re.search(r"learning rate shown per rule [^:]*: (\{.*\})", printed)
+    assert shown and ast.literal_eval(shown.group(1)) == dict.fromkeys(rules, 5e-4), printed[-2000:]
+    diverged = parameters["n_seeds"] * len(rules)
+    assert printed.count(", 1000.0, ") == diverged, "each diverged run is listed with its key"
 
 
 def test_toc_lists_every_notebook():
