@@ -134,6 +134,18 @@ def test_long_term_jacobian_singular_values_match_the_dense_product():
     assert logs.shape == (8, 1, 6) and (logs[-1, 0, 0] - logs[-1, 0, -1]) > 5
 
 
+def test_long_term_jacobian_keeps_singular_values_beyond_float32_range():
+    # float32 map, symmetric: the singular values of A^t are |eig|^t exactly, here down to e^-359 (float32: e^-103)
+    g = torch.Generator().manual_seed(3)
+    Q, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))
+    eig = torch.tensor([0.9, -0.5, 0.2, 0.05], dtype=torch.float64)
+    A = ((Q * eig) @ Q.T).float()
+    logs = jacobian_log_singular_values(lambda h, x: h @ A, torch.randn(1, 4, generator=g), torch.zeros(120, 1, 0))
+    exact = torch.arange(1, 121, dtype=torch.float64)[:, None] * eig.abs().log()
+    assert logs.dtype == torch.float32 and torch.isfinite(logs).all()
+    torch.testing.assert_close(logs[:, 0].double(), exact, rtol=1e-5, atol=1e-5)
+
+
 def test_vanilla_rnn_coordinates_agree_asymptotically_and_match_its_equation():
     cell = VanillaRNN(1, 12, VanillaInit(g=1.5), seed=0).double()
     x = torch.bernoulli(torch.full((400, 1, 1), 0.5, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
