@@ -13,7 +13,7 @@ import nbformat
 import papermill
 from jupyter_client import AsyncKernelManager
 
-from . import profiles, store
+from . import profiles, store, thread_env
 
 
 class NotebookFailed(RuntimeError):
@@ -162,10 +162,10 @@ def fetch_book_assets(book_dir):
     return vendor
 
 
-def _execute_for_book(name, profile, output, stored, threads):
-    """Execute one notebook of the book; with ``stored``, training is forbidden in its kernel (a missing run
-    raises ``MissingRun`` there) and its run log is checked: every run must have been read from the store."""
-    env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+def _execute_for_book(name, profile, output, stored, env):
+    """Execute one notebook of the book, its kernel's environment updated with ``env``; with ``stored``, training
+    is forbidden in its kernel (a missing run raises ``MissingRun`` there) and its run log is checked: every run
+    must have been read from the store."""
     if not stored:
         return run_isolated(name, profile, output=output, env=env)
     entries = run_logged(name, profile, output=output, env={**env, "RNNNOTES_STORED_ONLY": "1"})
@@ -177,17 +177,17 @@ def _execute_for_book(name, profile, output, stored, threads):
 
 def execute_all(names, profile, folder, *, stored=False, jobs=1):
     """Execute ``names`` at ``profile`` into ``folder/NAME.ipynb``, ``jobs`` at a time, each in its own process
-    (:func:`run_isolated`; with ``jobs > 1`` each gets ``cpu_count // jobs`` threads), the longest first
+    (:func:`run_isolated`, with :func:`rnnnotes.thread_env`'s threads), the longest first
     (:data:`rnnnotes.profiles.BOOK_MINUTES`), which shortens the whole; all run even when one fails, and the
     failures are reported together, the runs missing from the store (``stored=True``) listed apart. Returns the
     executed paths, in the order of ``names``."""
     if int(jobs) != jobs or jobs < 1:
         raise profiles.ParameterError(f"jobs must be a positive integer, got {jobs!r}")
-    threads = max(1, (os.cpu_count() or 1) // int(jobs)) if jobs > 1 else None
+    env = thread_env(jobs)
     longest_first = sorted(names, key=lambda name: -profiles.BOOK_MINUTES.get(name, 0.0))
     with ThreadPoolExecutor(max_workers=int(jobs)) as pool:
         futures = {name: pool.submit(_execute_for_book, name, profile, Path(folder) / f"{name}.ipynb", stored,
-                                     threads) for name in longest_first}
+                                     env) for name in longest_first}
         failures, missing = [], []
         for name, future in futures.items():
             try:

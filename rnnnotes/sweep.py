@@ -15,17 +15,25 @@ from dataclasses import replace
 
 import pandas as pd
 
-from . import experiments, profiles, seeds, store
+from . import experiments, profiles, seeds, store, thread_env
 
 EXECUTORS = ("local", "slurm")
 
 
+class LocalPool(ThreadPoolExecutor):
+    """``jobs`` points at once, each in its own kernel process; ``point_env`` (:func:`rnnnotes.thread_env`) gives
+    each ``cpu_count // jobs`` torch threads, so that the points share the cores instead of each taking them all."""
+
+    def __init__(self, jobs):
+        super().__init__(max_workers=jobs)
+        self.point_env = thread_env(jobs)
+
+
 def executor(kind="local", *, jobs=2, folder=None, partition=None, minutes=None, gpus=None, mem_gb=None):
-    """An executor for sweep points: ``"local"``, ``jobs`` points at once, each in its own kernel process;
-    ``"slurm"``, ``submitit``'s ``AutoExecutor`` writing its logs to ``folder``: SLURM jobs (``partition``, time
-    limit ``minutes``, ``gpus`` per job, ``mem_gb``; at most ``jobs`` running at once) where SLURM is installed,
-    else submitit's local executor (subprocesses), which is how the SLURM path is tested. Bad input raises
-    ``ParameterError``."""
+    """An executor for sweep points: ``"local"``, a :class:`LocalPool` of ``jobs``; ``"slurm"``, ``submitit``'s
+    ``AutoExecutor`` writing its logs to ``folder``: SLURM jobs (``partition``, time limit ``minutes``, ``gpus`` per
+    job, ``mem_gb``; at most ``jobs`` running at once) where SLURM is installed, else submitit's local executor
+    (subprocesses), which is how the SLURM path is tested. Bad input raises ``ParameterError``."""
     if kind not in EXECUTORS:
         raise profiles.ParameterError(f"unknown executor {kind!r}; valid executors: {', '.join(EXECUTORS)}")
     if int(jobs) != jobs or jobs < 1:
@@ -34,7 +42,7 @@ def executor(kind="local", *, jobs=2, folder=None, partition=None, minutes=None,
     if kind == "local":
         if any(v is not None for v in options.values()):
             raise profiles.ParameterError("partition, time, gpus and mem are options of --executor slurm")
-        return ThreadPoolExecutor(max_workers=int(jobs))
+        return LocalPool(int(jobs))
     try:
         import submitit
     except ImportError:
@@ -66,10 +74,11 @@ def _label(point):
     return ",".join(f"{k}={point[k]}" for k in sorted(point)) or "defaults"
 
 
-def _execute(name, profile, point):
-    """Execute one point; its status is ``reused`` (this code finished it before: not executed again), ``done``,
-    ``resumed`` (an earlier execution of it was interrupted or failed; the notebook's runs resume from their
-    checkpoints) or ``failed`` (the notebook raised, or one of its training runs diverged: the cause is named)."""
+def _execute(name, profile, point, env=None):
+    """Execute one point, its kernel's environment updated with ``env``; its status is ``reused`` (this code
+    finished it before: not executed again), ``done``, ``resumed`` (an earlier execution of it was interrupted or
+    failed; the notebook's runs resume from their checkpoints) or ``failed`` (the notebook raised, or one of its
+    training runs diverged: the cause is named)."""
     output = store.results_root() / "sweeps" / name / profile / f"{_label(point)}.ipynb"
     finished, identity = output.with_suffix(".json"), {"point": point, "source": store.source_hash()}
     if finished.exists() and store.read_json(finished) == identity:
@@ -77,7 +86,7 @@ def _execute(name, profile, point):
     status = "resumed" if output.exists() else "done"
     from . import runner  # Jupyter is needed here alone: the notebooks' training calls run where it is not installed
     try:
-        entries = runner.run_logged(name, profile, point, output=output)
+        entries = runner.run_logged(name, profile, point, output=output, env=env)
     except runner.NotebookFailed as err:
         return "failed", str(err)
     diverged = [f"run {Path(e['run']).name} diverged: {e['message']}" for e in entries if e["status"] == "diverged"]
@@ -88,20 +97,21 @@ def _execute(name, profile, point):
 
 
 def sweep(name, profile, axes, *, executor=None):
-    """Run ``name`` at ``profile`` for every point of the grid ``axes`` on ``executor`` (default: two points at
-    once); returns ``[(point, status, detail)]`` and writes them to ``sweeps/<name>/<profile>/summary.csv`` under
-    the results directory. With a ``seed`` axis, the notebook's seed counts (:func:`profiles.seed_counts`) are 1
-    unless the grid sets them: a point is one seed, and the notebook run afterwards at its full counts draws its
-    mean +/- sem from the points' stored runs."""
+    """Run ``name`` at ``profile`` for every point of the grid ``axes`` on ``executor`` (default: a
+    :class:`LocalPool` of two); returns ``[(point, status, detail)]`` and writes them to
+    ``sweeps/<name>/<profile>/summary.csv`` under the results directory. With a ``seed`` axis, the notebook's seed
+    counts (:func:`profiles.seed_counts`) are 1 unless the grid sets them: a point is one seed, and the notebook run
+    afterwards at its full counts draws its mean +/- sem from the points' stored runs."""
     if "seed" in axes:
         axes = {**{key: [1] for key in profiles.seed_counts(name)}, **axes}
     points = []
     for point in grid(axes):  # validate and type every point before anything runs
         values = profiles.resolve(name, profile, point)
         points.append({key: values[key] for key in point})
-    executor = executor or ThreadPoolExecutor(max_workers=2)
+    executor = executor or LocalPool(2)
+    env = getattr(executor, "point_env", None)
     with executor if hasattr(executor, "__enter__") else contextlib.nullcontext():
-        futures = [executor.submit(_execute, name, profile, point) for point in points]
+        futures = [executor.submit(_execute, name, profile, point, env) for point in points]
         outcomes = []
         for point, future in zip(points, futures):
             try:

@@ -12,6 +12,7 @@ import papermill
 import pytest
 from jupyter_client import AsyncKernelManager
 
+import rnnnotes
 from rnnnotes import profiles, runner, sweep
 from conftest import ROOT, cli
 
@@ -84,7 +85,8 @@ def failing_notebook(tmp_path, monkeypatch):
     params.metadata["tags"] = ["parameters"]
     record = nbformat.v4.new_code_cell("import os, pathlib\nresults = pathlib.Path(os.environ['RNNNOTES_RESULTS'])\n"
                                        "results.mkdir(parents=True, exist_ok=True)\n"
-                                       "(results / f'kernel-{x}.txt').write_text(os.getcwd())")
+                                       "(results / f'kernel-{x}.txt').write_text(os.getcwd())\n"
+                                       "(results / f'threads-{x}.txt').write_text(os.environ.get('OMP_NUM_THREADS', ''))")
     nb.cells = [params, record, nbformat.v4.new_code_cell("if x == 2:\n    raise ValueError('x must not be 2')")]
     nbformat.write(nb, tmp_path / "98_failing.ipynb")
     monkeypatch.setenv("RNNNOTES_NOTEBOOKS", str(tmp_path))
@@ -164,6 +166,21 @@ def test_sweep_through_submitit_matches_the_process_pool(failing_notebook, monke
     rows = (failing_notebook / "submitted" / "sweeps" / "98_failing" / "smoke" / "summary.csv").read_text()
     assert rows.splitlines()[0] == "x,status,detail"
     assert rows.splitlines()[2].startswith("2,failed,") and "x must not be 2" in rows.splitlines()[2]
+
+
+def test_parallel_points_and_book_notebooks_share_the_cores(failing_notebook, monkeypatch):
+    """Two points (or book notebooks) at once on 8 cores: each kernel is told 4 threads; one alone, nothing."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert rnnnotes.thread_env(1) == {} and rnnnotes.thread_env(16) == {"OMP_NUM_THREADS": "1"}
+    results = failing_notebook / "work" / "results"
+    sweep.sweep("98_failing", "smoke", {"x": [1, 3]}, executor=sweep.executor("local", jobs=2))
+    assert [(results / f"threads-{x}.txt").read_text() for x in (1, 3)] == ["4", "4"]
+    sweep.sweep("98_failing", "smoke", {"x": [4]}, executor=sweep.executor("local", jobs=1))
+    assert (results / "threads-4.txt").read_text() == ""
+    (results / "threads-1.txt").unlink()
+    runner.execute_all(["98_failing"], "smoke", failing_notebook / "book", jobs=2)
+    assert (results / "threads-1.txt").read_text() == "4"
 
 
 def test_slurm_without_submitit_is_refused(monkeypatch):
