@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import papermill
 from jupyter_client import AsyncKernelManager
+from traitlets import default
 
 from . import profiles, store, thread_env
 
@@ -31,14 +32,26 @@ def book_source():
     return Path(os.environ.get("RNNNOTES_BOOK") or Path.cwd() / "book")
 
 
-def _kernel_manager(env, cwd):
+def _kernel_manager(env, cwd, sockets):
     """A kernel manager class whose kernels start with environment ``env`` in directory ``cwd``.
 
     papermill hands its extra keywords to nbclient's ``NotebookClient``, which builds its kernel manager from
     ``kernel_manager_class``; ``start_kernel(env=, cwd=)`` reaches the kernel's ``Popen``. The caller's
     ``os.environ`` and working directory stay as they are (papermill's own ``cwd=`` would ``chdir`` the process).
+
+    On POSIX the kernel listens on Unix sockets in the directory ``sockets``, not on TCP ports: jupyter_client picks
+    free TCP ports by binding and releasing them before the kernel binds them again, and a kernel started in another
+    process meanwhile may take one ("Address already in use": the kernel dies at its start).
     """
     class KernelManager(AsyncKernelManager):
+        @default("transport")
+        def _unix_sockets(self):
+            return "ipc" if os.name == "posix" else "tcp"
+
+        @default("ip")
+        def _socket_prefix(self):
+            return os.path.join(sockets, "kernel") if self.transport == "ipc" else super()._ip_default()
+
         async def start_kernel(self, **kw):
             return await super().start_kernel(**{"env": env, "cwd": cwd, **kw})
     return KernelManager
@@ -56,10 +69,12 @@ def run(name, profile="smoke", overrides=None, *, output=None, cell_timeout=None
     results = store.results_root().resolve()
     output = Path(output or results / "executed" / f"{name}-{profile}.ipynb").resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
-    kernel = _kernel_manager({**os.environ, "RNNNOTES_RESULTS": str(results), **(env or {})}, str(source.parent))
+    environment = {**os.environ, "RNNNOTES_RESULTS": str(results), **(env or {})}
     try:
-        papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name="python3",
-                                   progress_bar=False, execution_timeout=cell_timeout, kernel_manager_class=kernel)
+        with tempfile.TemporaryDirectory(prefix="rnnnotes-kernel-") as sockets:
+            kernel = _kernel_manager(environment, str(source.parent), sockets)
+            papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name="python3",
+                                       progress_bar=False, execution_timeout=cell_timeout, kernel_manager_class=kernel)
     except papermill.PapermillExecutionError as err:
         first_line = err.source.strip().splitlines()[0] if err.source.strip() else ""
         raise NotebookFailed(f"notebook {name} failed in cell In [{err.exec_count}] ({first_line!r}) with "

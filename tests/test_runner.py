@@ -78,15 +78,21 @@ def test_list_prints_every_notebook_and_parameter():
 @pytest.fixture
 def failing_notebook(tmp_path, monkeypatch):
     """``98_failing`` alone in ``$RNNNOTES_NOTEBOOKS``; ``$RNNNOTES_RESULTS`` unset, so results go to ``work/results``
-    under the working directory ``work/``. Its second cell records where the kernel runs and what it was told."""
+    under the working directory ``work/``. Its second cell records where the kernel runs, what it was told and how
+    it listens."""
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                            "language": "python"}})
     params = nbformat.v4.new_code_cell("x = 1")
     params.metadata["tags"] = ["parameters"]
-    record = nbformat.v4.new_code_cell("import os, pathlib\nresults = pathlib.Path(os.environ['RNNNOTES_RESULTS'])\n"
-                                       "results.mkdir(parents=True, exist_ok=True)\n"
-                                       "(results / f'kernel-{x}.txt').write_text(os.getcwd())\n"
-                                       "(results / f'threads-{x}.txt').write_text(os.environ.get('OMP_NUM_THREADS', ''))")
+    record = nbformat.v4.new_code_cell(
+        "import ipykernel, json, os, pathlib\n"
+        "results = pathlib.Path(os.environ['RNNNOTES_RESULTS'])\n"
+        "results.mkdir(parents=True, exist_ok=True)\n"
+        "(results / f'kernel-{x}.txt').write_text(os.getcwd())\n"
+        "(results / f'threads-{x}.txt').write_text(os.environ.get('OMP_NUM_THREADS', ''))\n"
+        "info = json.loads(ipykernel.get_connection_info())\n"
+        "shell = f\"{info['ip']}-{info['shell_port']}\"\n"
+        "(results / f'sockets-{x}.txt').write_text(f\"{info['transport']} {shell}\")")
     nb.cells = [params, record, nbformat.v4.new_code_cell("if x == 2:\n    raise ValueError('x must not be 2')")]
     nbformat.write(nb, tmp_path / "98_failing.ipynb")
     monkeypatch.setenv("RNNNOTES_NOTEBOOKS", str(tmp_path))
@@ -108,6 +114,9 @@ def test_failing_notebook_keeps_its_executed_copy_and_names_the_cell(failing_not
     assert dict(os.environ) == environ and Path.cwd() == failing_notebook / "work"
     kernel_cwd = (failing_notebook / "work" / "results" / "kernel-2.txt").read_text()
     assert Path(kernel_cwd).resolve() == failing_notebook.resolve(), "the kernel runs in the notebook's directory"
+    transport, shell = (failing_notebook / "work" / "results" / "sockets-2.txt").read_text().split()
+    assert transport == "ipc" and Path(shell).is_absolute() and not Path(shell).parent.exists(), \
+        "the kernel listened on Unix sockets (no TCP port another kernel's start could take), removed at its end"
 
 
 def test_run_hands_the_results_root_to_the_kernel_not_to_os_environ(failing_notebook, monkeypatch):
@@ -287,6 +296,7 @@ def test_cell_limits_by_profile(monkeypatch):
     none with overrides."""
     for variable in ("RNNNOTES_SMOKE_CELL_TIMEOUT", "RNNNOTES_BOOK_CELL_TIMEOUT"):
         monkeypatch.delenv(variable, raising=False)
-    assert (runner.cell_timeout("smoke"), runner.cell_timeout("book"), runner.cell_timeout("paper")) == (300, 1800, None)
+    limits = runner.cell_timeout("smoke"), runner.cell_timeout("book"), runner.cell_timeout("paper")
+    assert limits == (300, 1800, None)
     assert runner.cell_timeout("smoke", {"x": 1}) == 300
     assert runner.cell_timeout("book", {"n_iterations": 3000}) is None, "a book sweep's point may train for hours"

@@ -88,7 +88,8 @@ def test_a_killed_sweep_resumes_and_ends_bitwise_as_an_uninterrupted_one(trainin
     axes = {"seed": [0, 1, 2, 3], "steps": [500]}
     clean = training_notebook / "clean"
     os.environ["RNNNOTES_RESULTS"] = str(clean)
-    assert {s for _, s, _ in sweep.sweep("97_training", "smoke", axes, executor=sweep.executor())} == {"done"}
+    outcomes = sweep.sweep("97_training", "smoke", axes, executor=sweep.executor())
+    assert {s for _, s, _ in outcomes} == {"done"}, sweep.summary(outcomes)
     killed = training_notebook / "results"
     os.environ["RNNNOTES_RESULTS"] = str(killed)
     proc = _cli("sweep", "97_training", "--seeds", "0,1,2,3", "-g", "steps=500", results=killed, popen=True)
@@ -109,7 +110,7 @@ def test_a_killed_sweep_resumes_and_ends_bitwise_as_an_uninterrupted_one(trainin
     assert len(finished) < 4, "the sweep was killed before it ended"
     again = sweep.sweep("97_training", "smoke", axes, executor=sweep.executor())
     statuses = [status for _, status, _ in again]
-    assert statuses.count("reused") == len(finished) and "failed" not in statuses
+    assert statuses.count("reused") == len(finished) and "failed" not in statuses, sweep.summary(again)
     assert "resumed" in statuses, "the killed points left their notebooks and resume"
     assert {p: p.stat().st_mtime_ns for p in finished} == finished, "reused points were not executed again"
     assert {r: r.stat().st_mtime_ns for r in finished_runs} == finished_runs
