@@ -100,21 +100,19 @@ BOOK_MINUTES = {  # measured within `make book` (2 notebooks at a time on 2 core
     "07_hebbian_plasticity": 3.4,
 }
 
-# Rough hours of each notebook at `paper` on one GPU, printed by `make paper` before it starts: the steps of the
-# paper profile times a step's time (measured on an H200 where noted, else the book profile's CPU time per step,
-# an upper bound), summed over the notebook's runs. Re-measure and update when a GPU run is timed.
+# Rough hours of each notebook at `paper`, printed by `make paper` before it starts: the whole notebook's time where
+# it was measured on 2 CPU cores (book/reproducing.md) and no GPU run was timed, else the steps of the paper profile
+# times a step's time on an H200. Re-measure and update when a GPU run is timed.
 PAPER_HOURS = {
     "01_neurons": 0.01,  # measured: 12 s on CPU
     "02_store_recall": 0.1,  # LSNN + LIF control, at most 200 steps each x 0.377 s (H200, states carried over on
     # the fused loop, benchmarks/train_gpu.py), plus a validation batch every step
     "03_smnist": 11.2,  # 4 networks x 3 seeds x 36,000 steps, plus the lr sweep's 2 x 3 x 2,000, x 0.091 s (H200,
     # one step measured by benchmarks/train_gpu.py)
-    "04_credit_assignment": 3.5,  # 6 rules x 2 lrs, 8 vectorised seeds, 3000 steps: about 7 h on 2 CPU cores
-    # (0.45-1.06 s per step, benchmarks/README.md), a GPU guessed 2-3x faster; plus 6 more mu points
-    "05_curvature": 5.5,  # book (3.1 CPU min, 200 steps of batch 128, seeds vectorised) x 16,000 / 200 x 256 / 128
-    # / 1.5 (GPU)
-    "06_gradient_flossing": 10.0,  # 105 runs x 3001 steps of T = 300, N = 80, flossing 75 exponents (CPU guess)
-    "07_hebbian_plasticity": 0.5,  # book (3.2 CPU min) x 5 episodes, plus 1000 episodes at N = 1000 (0.7 s each)
+    "04_credit_assignment": 11.0,  # measured: about 11 h on 2 CPU cores
+    "05_curvature": 1.9,  # measured: 1.9 h on 2 CPU cores
+    "06_gradient_flossing": 1.1,  # measured: 1.1 h on 2 CPU cores (two single-threaded processes)
+    "07_hebbian_plasticity": 0.45,  # measured: 26 min on 2 CPU cores
 }
 
 
