@@ -64,11 +64,12 @@ def _paper(args):
     names = args.names or profiles.notebook_names()
     for name in names:
         profiles.resolve(name, "paper")
+    make_executor = _executor_factory(args)
     hours = {name: profiles.PAPER_HOURS.get(name, float("nan")) for name in names}
     print("paper profile, rough time on one GPU or, where it was measured there, on 2 CPU cores "
           "(rnnnotes/profiles.py, PAPER_HOURS): "
           + ", ".join(f"{name} {h:g} h" for name, h in hours.items()) + f"; about {sum(hours.values()):g} h in all")
-    _report(sweep.paper(names, make_executor=_executor_factory(args)))
+    _report(sweep.paper(names, make_executor=make_executor))
 
 
 def _results(args):

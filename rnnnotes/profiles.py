@@ -111,7 +111,7 @@ PAPER_HOURS = {
     # one step measured by benchmarks/train_gpu.py)
     "04_credit_assignment": 11.0,  # measured: about 11 h on 2 CPU cores
     "05_curvature": 1.9,  # measured: 1.9 h on 2 CPU cores
-    "06_gradient_flossing": 1.1,  # measured: 1.1 h on 2 CPU cores (two single-threaded processes)
+    "06_gradient_flossing": 1.4,  # measured: 1 h 23 min by `make paper` on 2 CPU cores
     "07_hebbian_plasticity": 0.45,  # measured: 26 min on 2 CPU cores
 }
 
