@@ -11,7 +11,7 @@ import psutil
 import pytest
 import torch
 
-from rnnnotes import runner, store, sweep
+from rnnnotes import profiles, runner, store, sweep
 from conftest import ROOT
 
 SOURCE = ("from rnnnotes.rate_experiments import DelayedXORCredit\n"
@@ -151,3 +151,12 @@ def test_make_paper_runs_the_seeds_as_points_then_the_notebook_from_the_store(tr
     log = training_notebook / "log.jsonl"
     runner.run("97_training", "paper", output=training_notebook / "again.ipynb", env={"RNNNOTES_RUN_LOG": str(log)})
     assert [e["trained"] for e in store.read_run_log(log)] == [False]
+
+
+@pytest.mark.parametrize("name", [n for n in profiles.notebook_names() if profiles.seed_counts(n)])
+def test_each_notebook_runs_as_one_point_of_make_paper(name, tmp_path, monkeypatch):
+    """``make paper`` executes a notebook once per seed, its seed counts set to 1 and ``seed`` to that seed: every
+    check of the notebook must hold for any one seed (here 3, at ``smoke``), not only for the default's seeds."""
+    monkeypatch.setenv("RNNNOTES_RESULTS", str(tmp_path / "results"))
+    outcomes = sweep.sweep(name, "smoke", {"seed": [3]}, executor=sweep.executor(jobs=1))
+    assert [status for _, status, _ in outcomes] == ["done"], sweep.summary(outcomes)
