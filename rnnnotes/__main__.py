@@ -4,6 +4,7 @@ Notebooks are read from $RNNNOTES_NOTEBOOKS (default ./notebooks), results go to
 ./results) and the book's sources are $RNNNOTES_BOOK (default ./book).
 """
 import argparse
+import signal
 import sys
 
 from . import archive, profiles, runner, store, sweep
@@ -31,7 +32,14 @@ def _list(_args):
     print("profiles: " + ", ".join(profiles.PROFILE_NAMES))
 
 
+def _terminated(signum, _frame):
+    """SIGTERM as an exit that unwinds (the default action does not): papermill writes the executed copy and the
+    kernel's socket directory is removed. A sweep that ends sends it to its executions (``runner._die_with_parent``)."""
+    raise SystemExit(128 + signum)
+
+
 def _run(args):
+    signal.signal(signal.SIGTERM, _terminated)
     print(runner.run(args.name, args.profile, _pairs(args.param), output=args.output, cell_timeout=args.cell_timeout))
 
 

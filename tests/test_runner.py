@@ -3,7 +3,10 @@ import asyncio
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -93,7 +96,9 @@ def failing_notebook(tmp_path, monkeypatch):
         "info = json.loads(ipykernel.get_connection_info())\n"
         "shell = f\"{info['ip']}-{info['shell_port']}\"\n"
         "(results / f'sockets-{x}.txt').write_text(f\"{info['transport']} {shell}\")")
-    nb.cells = [params, record, nbformat.v4.new_code_cell("if x == 2:\n    raise ValueError('x must not be 2')")]
+    nb.cells = [params, record, nbformat.v4.new_code_cell(
+        "if x == 2:\n    raise ValueError('x must not be 2')\n"
+        "if x == 5:  # a long cell, for a signal to interrupt\n    import time\n    time.sleep(300)")]
     nbformat.write(nb, tmp_path / "98_failing.ipynb")
     monkeypatch.setenv("RNNNOTES_NOTEBOOKS", str(tmp_path))
     monkeypatch.delenv("RNNNOTES_RESULTS", raising=False)
@@ -117,6 +122,24 @@ def test_failing_notebook_keeps_its_executed_copy_and_names_the_cell(failing_not
     transport, shell = (failing_notebook / "work" / "results" / "sockets-2.txt").read_text().split()
     assert transport == "ipc" and Path(shell).is_absolute() and not Path(shell).parent.exists(), \
         "the kernel listened on Unix sockets (no TCP port another kernel's start could take), removed at its end"
+
+
+def test_sigterm_ends_an_execution_and_removes_its_kernel_sockets(failing_notebook):
+    """A sweep that ends sends SIGTERM to its executions (``runner._die_with_parent``). The execution exits at once
+    through its clean-up: the kernel's socket directory goes, which SIGTERM's default action leaves behind."""
+    proc = subprocess.Popen([sys.executable, "-m", "rnnnotes", "run", "98_failing", "-p", "x=5"],
+                            cwd=failing_notebook / "work", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    record = failing_notebook / "work" / "results" / "sockets-5.txt"
+    deadline = time.monotonic() + 120
+    while not record.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert record.exists(), proc.communicate(timeout=30)
+    sockets = Path(record.read_text().split()[1]).parent
+    assert sockets.is_dir()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert not sockets.exists(), "the kernel's socket directory was left behind"
 
 
 def test_run_hands_the_results_root_to_the_kernel_not_to_os_environ(failing_notebook, monkeypatch):
