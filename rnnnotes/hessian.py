@@ -137,13 +137,18 @@ def dense_hessian(loss_fn, params):
     def flat_loss(x):
         return loss_fn(op.unflatten(x))
     flat = torch.cat([p.reshape(-1) for p in op.params.values()])
+    with torch.no_grad():
+        _finite(flat_loss(flat))
     with torch.enable_grad():
         return torch.autograd.functional.hessian(flat_loss, flat)
 
 
-def _random_unit(op, seed, index=0):
-    x = torch.randn(op.size, generator=generator(seed, "hessian-start", index), dtype=torch.float64)
-    return (x / x.norm()).to(op.device, op.dtype)
+def _random_unit(op, seed, index=0, stream="hessian-start", exclude=None):
+    """A random unit vector from the stream ``(seed, stream, index)``, orthogonal to the columns of ``exclude``."""
+    x = torch.randn(op.size, generator=generator(seed, stream, index), dtype=torch.float64).to(op.device, op.dtype)
+    if exclude is not None:
+        x = _orthogonal(x, exclude)
+    return x / x.norm()
 
 
 class Eigen(NamedTuple):
@@ -152,22 +157,26 @@ class Eigen(NamedTuple):
     calls: int  # Hessian-vector products used
 
 
-def lanczos(op, k, *, tol=1e-6, max_iter=100, seed=0, largest_magnitude=False):
+def lanczos(op, k, *, tol=1e-6, max_iter=100, seed=0, largest_magnitude=False, exclude=None, stream="hessian-start"):
     r"""Lanczos with full reorthogonalisation: Krylov basis :math:`Q_m`, tridiagonal :math:`T_m = Q_m^T H Q_m`,
     Ritz pairs :math:`(\theta_i, Q_m s_i)`. Stops when the wanted Ritz values have residuals
     :math:`|\beta_m s_{m,i}| \le tol \cdot \max(|\theta_i|, 10^{-12})`, after ``op.size`` steps (exact), or after
     ``max_iter`` steps (with a :class:`NotConvergedWarning`). A Krylov space exhausted earlier (:math:`\beta_m = 0`:
     an invariant subspace, e.g. of repeated eigenvalues such as the zeros of a masked diagonal) is continued from a
-    new random vector orthogonal to it, :math:`T_m` becoming block tridiagonal, so that repeated eigenvalues are
-    found as often as they occur; after such a restart the new block's extreme Ritz values must converge too (they
-    start inside the spectrum and may still outgrow the wanted ones)."""
-    q = _random_unit(op, seed)
+    new random vector orthogonal to it, :math:`T_m` becoming block tridiagonal; after such a restart the new block's
+    extreme Ritz values must converge too (they start inside the spectrum and may still outgrow the wanted ones).
+    With ``exclude`` (orthonormal columns :math:`Y`) the Krylov space is kept orthogonal to them: Lanczos on the
+    deflated operator :math:`(I - Y Y^T) H (I - Y Y^T)` restricted to their complement. A Krylov space that is not
+    exhausted holds one direction of each eigenspace, so a repeated eigenvalue appears once:
+    :func:`lanczos_checked` finds the further copies."""
+    excluded = 0 if exclude is None else exclude.shape[1]
+    q = _random_unit(op, seed, 0, stream, exclude)
     basis, alphas, betas, restarts, start = [q], [], [], 0, 0
-    steps = min(max_iter, op.size)
+    steps = min(max_iter, op.size - excluded)
     for m in range(1, steps + 1):
         w = op.matvec(basis[-1])
         alphas.append(torch.dot(w, basis[-1]))
-        Q = torch.stack(basis, 1)
+        Q = torch.stack(basis, 1) if exclude is None else torch.cat([exclude, torch.stack(basis, 1)], 1)
         w = _orthogonal(w, Q)
         beta = w.norm()
         values, vectors, wanted = _ritz(alphas, betas, k, largest_magnitude)
@@ -175,7 +184,7 @@ def lanczos(op, k, *, tol=1e-6, max_iter=100, seed=0, largest_magnitude=False):
         residual = (beta * vectors[-1, wanted]).abs()
         converged = (m >= k and not exhausted and _small(residual, values[wanted], tol)
                      and (start == 0 or _block_settled(alphas[start:], betas[start:], beta, tol, largest_magnitude)))
-        if converged or m == op.size:
+        if converged or m == op.size - excluded:
             break
         if m == steps:
             warnings.warn(f"Lanczos: the {k} wanted Ritz values did not reach tol={tol:g} in max_iter={max_iter} "
@@ -184,13 +193,32 @@ def lanczos(op, k, *, tol=1e-6, max_iter=100, seed=0, largest_magnitude=False):
             break
         if exhausted:  # continue from a new direction: T_m gets a zero off-diagonal entry
             restarts += 1
-            w, beta, start = _orthogonal(_random_unit(op, seed, restarts), Q), torch.zeros((), dtype=beta.dtype), m
-            basis.append(w / w.norm())
+            w, beta, start = _random_unit(op, seed, restarts, stream, Q), torch.zeros((), dtype=beta.dtype), m
+            basis.append(w)
         else:
             basis.append(w / beta)
         betas.append(beta)
     Q = torch.stack(basis[:len(alphas)], 1)
     return values[wanted], Q @ vectors[:, wanted], op.calls
+
+
+def lanczos_checked(op, k, *, tol=1e-6, largest_magnitude=False, **settings):
+    r""":func:`lanczos`, then, for ``k > 1``, a check for the copies of repeated eigenvalues its Krylov space could
+    not hold: Lanczos on the complement of the ``k`` Ritz vectors found (the deflated operator) for its leading
+    eigenvalue :math:`\mu`. If :math:`\mu` exceeds the ``k``-th value found (in magnitude, with
+    ``largest_magnitude``) by more than ``tol`` relative, it replaces that value and the check is repeated, at most
+    ``k`` times. Each check costs one more Lanczos run (``max_iter`` steps at most)."""
+    values, vectors, calls = lanczos(op, k, tol=tol, largest_magnitude=largest_magnitude, **settings)
+    key = torch.abs if largest_magnitude else (lambda x: x)
+    for check in range(k if 1 < k < op.size else 0):
+        extra, vector, calls = lanczos(op, 1, tol=tol, largest_magnitude=largest_magnitude, exclude=vectors,
+                                       stream=f"hessian-check-{check}", **settings)
+        weakest = int(torch.argmin(key(values)))
+        if not key(extra[0]) > key(values[weakest]) + tol * values[weakest].abs():
+            break
+        values, vectors = values.clone(), vectors.clone()
+        values[weakest], vectors[:, weakest] = extra[0], vector[:, 0]
+    return values, vectors, calls
 
 
 def _small(residual, values, tol):
@@ -229,7 +257,10 @@ def power_iteration(op, k, *, tol=1e-6, max_iter=100, seed=0):
     r"""PyHessian's power iteration with deflation: for each of ``k`` eigenvalues, repeat
     :math:`v \leftarrow Hv / \|Hv\|` (orthogonal to those found) until :math:`\lambda = v^T H v` changes by less
     than ``tol`` relative (else a :class:`NotConvergedWarning` after ``max_iter``). Finds the eigenvalues of
-    largest *magnitude*, with their signs, in the order found."""
+    largest *magnitude*, with their signs, in the order found. One condition PyHessian lacks: :math:`v` must also
+    be an eigenvector to within ``tol``, :math:`|v^T H v| \ge (1 - tol) \|Hv\|`; without it an iterate that
+    alternates between the eigenvectors of :math:`\pm\lambda` (whose estimate does not change) stops at a value
+    that is no eigenvalue."""
     values, vectors = [], []
     for i in range(k):
         v = _random_unit(op, seed, i)
@@ -239,9 +270,9 @@ def power_iteration(op, k, *, tol=1e-6, max_iter=100, seed=0):
                 v = v - torch.dot(u, v) * u
             v = v / v.norm()
             hv = op.matvec(v)
-            new = torch.dot(hv, v)
-            v = hv / hv.norm()
-            if value is not None and abs(new - value) / (abs(value) + 1e-6) < tol:
+            new, norm = torch.dot(hv, v), hv.norm()
+            v = hv / norm
+            if value is not None and abs(new - value) / (abs(value) + 1e-6) < tol and abs(new) >= (1 - tol) * norm:
                 value = new
                 break
             value = new
@@ -282,9 +313,10 @@ def _power_algebraic(op, k, **settings):
 def top_eigenvalues(loss_fn, params, k=1, *, method="lanczos", **options):
     r"""The ``k`` largest **algebraic** eigenvalues of the Hessian of ``loss_fn`` at ``params``, descending.
 
-    ``method``: ``"lanczos"`` (default), ``"power"`` (PyHessian's power iteration with deflation; for the
+    ``method``: ``"lanczos"`` (default; for ``k > 1`` followed by the check for further copies of repeated
+    eigenvalues of :func:`lanczos_checked`), ``"power"`` (PyHessian's power iteration with deflation; for the
     algebraic eigenvalues run on :math:`H + |\lambda|_{max} I`) or ``"dense"`` (small nets).
-    ``options``: ``tol`` (1e-6), ``max_iter`` (100; at least ``k`` for Lanczos), ``seed`` (0: the start vector's
+    ``options``: ``tol`` (1e-6), ``max_iter`` (100 per Lanczos run; at least ``k``), ``seed`` (0: the start vector's
     stream), ``largest_magnitude`` (False; True gives the magnitudes :math:`|\lambda|` of the ``k`` eigenvalues
     largest in magnitude, descending, what the original BiolHessRNN power iteration reports), ``eigenvectors``
     (False: return :class:`Eigen` with the unit eigenvectors as columns), ``hvp`` (``"double_backward"``,
@@ -309,7 +341,7 @@ def top_eigenvalues(loss_fn, params, k=1, *, method="lanczos", **options):
     magnitude, with_vectors = options.get("largest_magnitude", False), options.get("eigenvectors", False)
     require_bool(largest_magnitude=magnitude, eigenvectors=with_vectors)
     if method == "lanczos":
-        values, vectors, calls = lanczos(op, k, largest_magnitude=magnitude, **settings)
+        values, vectors, calls = lanczos_checked(op, k, largest_magnitude=magnitude, **settings)
     elif method == "power":
         values, vectors, calls = (power_iteration if magnitude else _power_algebraic)(op, k, **settings)
     else:

@@ -104,21 +104,22 @@ def lyapunov_spectrum(step_fn, h0, inputs, k, *, t_ons=1, warmup=0, seed=0, per_
         for t in range(start, end):
             h, Q = tangent_step(step_fn, h, inputs[t], Q)
         Q, R = torch.linalg.qr(Q, mode="reduced")
-        if end > warmup:
-            logs.append(R.diagonal(dim1=-2, dim2=-1).abs().log())
-            blocks.append((start + 1, end))
+        logs.append(R.diagonal(dim1=-2, dim2=-1).abs().log())
+        blocks.append((start + 1, end))
         start = end
     stacked = torch.stack(logs)  # (blocks, B, k)
-    finite = torch.isfinite(stacked).flatten(1).all(1)
+    counted = torch.tensor([end > warmup for _, end in blocks], device=stacked.device)
+    # a collapse (log 0) during the warm-up only leaves an arbitrary orthonormal basis to go on from
+    finite = (torch.isfinite(stacked) | ~counted[:, None, None] & (stacked == -torch.inf)).flatten(1).all(1)
     if not bool(finite.all()):
         block = int((~finite).nonzero()[0])
-        collapsed = bool((stacked[block] == -torch.inf).any())
+        collapsed = bool((stacked[block] == -torch.inf).any()) and not bool(stacked[block].isnan().any())
         why = ("|R_ii| = 0: the tangent space collapsed (a Jacobian of rank < k, e.g. a spiking cell whose "
                "pseudo-derivative vanishes; try a smaller k)" if collapsed else
                "|R_ii| is inf or NaN: the trajectory or its tangents exploded")
         first, last = blocks[block]
         raise SpectrumDivergedError(f"the Lyapunov spectrum diverged at steps {first}..{last} (of {T}): {why}")
-    exponents = stacked.sum(0).sort(dim=-1, descending=True).values / (T - warmup)
+    exponents = stacked[counted].sum(0).sort(dim=-1, descending=True).values / (T - warmup)
     return exponents if per_trajectory else exponents.mean(0)
 
 

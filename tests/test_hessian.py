@@ -126,6 +126,30 @@ def test_lanczos_finds_repeated_eigenvalues_as_often_as_they_occur(spectrum, k, 
     torch.testing.assert_close(top, exact.abs() if magnitude else exact, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("n, copies, k, magnitude", [(20, 2, 2, False), (30, 3, 3, False), (60, 3, 4, False),
+                                                     (40, 2, 3, True)])
+def test_lanczos_finds_each_copy_of_a_repeated_top_eigenvalue_in_a_space_it_does_not_exhaust(n, copies, k, magnitude):
+    """The Krylov space of one start vector holds one direction of an eigenspace; with many other eigenvalues it is
+    not exhausted before the wanted Ritz values converge, and only the check on the deflated operator finds the
+    other copies."""
+    lead = -3.0 if magnitude else 3.0
+    spectrum = [lead] * copies + torch.linspace(-1.0, 2.0, n - copies, dtype=torch.float64).tolist()
+    loss_fn, params = _quadratic(spectrum)
+    exact = torch.tensor(sorted(spectrum, key=abs if magnitude else float, reverse=True)[:k], dtype=torch.float64)
+    found = hessian.top_eigenvalues(loss_fn, params, k=k, largest_magnitude=magnitude, eigenvectors=True)
+    torch.testing.assert_close(found.values, exact.abs() if magnitude else exact, rtol=1e-6, atol=0)
+    torch.testing.assert_close(found.vectors.T @ found.vectors, torch.eye(k, dtype=torch.float64), rtol=0, atol=1e-8)
+
+
+def test_power_iteration_does_not_stop_between_the_eigenvectors_of_plus_and_minus_lambda():
+    """On the saddle x y (eigenvalues +-1) the iterate alternates between two directions while v^T H v stays put:
+    PyHessian's rule alone would stop there, at a value that is no eigenvalue."""
+    params = {"x": torch.tensor([0.3], dtype=torch.float64), "y": torch.tensor([-0.2], dtype=torch.float64)}
+    with pytest.warns(hessian.NotConvergedWarning, match="power iteration"):
+        hessian.top_eigenvalues(lambda p: (p["x"] * p["y"]).sum(), params, method="power", largest_magnitude=True)
+    assert hessian.top_eigenvalues(lambda p: (p["x"] * p["y"]).sum(), params).item() == pytest.approx(1.0)
+
+
 def test_lanczos_finds_every_eigenvalue_of_a_recurrent_hessian_with_its_zero_diagonal():
     """The Hessian over ``w_rec`` has one zero eigenvalue per masked diagonal entry."""
     net, _, _ = _network_loss("rate")
@@ -227,6 +251,8 @@ def test_pyhessian_agrees_on_the_top_eigenvalue():
     (lambda f, p: hessian.hvp(f, p, {}), "v must be a dict with the keys"),
     (lambda f, p: hessian.hvp(f, p, {k: torch.zeros(1) for k in p}), r"v\['cell.w_in'\] must be a tensor of shape"),
     (lambda f, p: hessian.hvp(lambda q: f(q) * float("nan"), p, {k: torch.zeros_like(t) for k, t in p.items()}),
+     "loss_fn must return a finite scalar"),
+    (lambda f, p: hessian.top_eigenvalues(lambda q: f(q) + float("inf"), p, method="dense"),
      "loss_fn must return a finite scalar"),
     (lambda f, p: hessian.top_eigenvalues(f, p, method="arnoldi"), "method must be"),
     (lambda f, p: hessian.top_eigenvalues(f, p, tolerance=1.0), "unknown options"),

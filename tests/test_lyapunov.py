@@ -198,6 +198,12 @@ def test_exploding_map_stops_naming_the_step():
         lyapunov_spectrum(_linear(torch.eye(3) * 3.0), h0, _no_input(200, dtype=torch.float32), 2, t_ons=5)
 
 
+def test_a_map_exploding_during_the_warmup_is_named_at_its_step():
+    h0 = torch.ones(1, 3)
+    with pytest.raises(SpectrumDivergedError, match=r"steps 81\.\.85 \(of 200\)"):
+        lyapunov_spectrum(_linear(torch.eye(3) * 3.0), h0, _no_input(200, dtype=torch.float32), 2, t_ons=5, warmup=150)
+
+
 @pytest.mark.parametrize("kwargs, name", [
     (dict(k=0), "k"), (dict(k=4), "k"), (dict(k=1.5), "k"), (dict(t_ons=0), "t_ons"), (dict(warmup=10), "warmup"),
     (dict(warmup=-1), "warmup")])
