@@ -5,8 +5,8 @@ A cell holds weights and a frozen params object (:mod:`rnnnotes.params`) and cal
 ``x @ W`` so ``w_in[i, j]`` connects input ``i`` to neuron ``j``. ``cell.step(input_current, state)`` is one pure
 time step returning ``(output, state)``; ``cell(x)`` runs a whole sequence and projects the input for all steps
 with one matmul before the time loop. ``cell.state_map()`` gives the step as a map of a flat state vector (for
-Lyapunov spectra and other analyses); ``cell.gains(hidden)`` the derivative of each unit's output with respect to
-its own (earlier) potential, which the credit rules need. What all cells share is
+Lyapunov spectra and other analyses); ``cell.gains(hidden, state)`` the derivative of each unit's output with
+respect to its own (earlier) potential in a run from ``state``, which the credit rules need. What all cells share is
 :class:`rnnnotes.recurrent.RecurrentLayer`.
 """
 import math
@@ -47,9 +47,9 @@ class RateRNN(RecurrentLayer):
     def _fused(self, current, w_rec, state, params, plain, cut):
         return RateOutput(*fused_rate.rate_sequence(current, w_rec, state, params, plain, cut=cut, graphs=self._graphs))
 
-    def gains(self, hidden):
+    def gains(self, hidden, state=None):
         r"""``(phi'(v_k), 0)``: the exact :math:`\partial z_k / \partial v_k` of every unit and step (detached);
-        lag 0."""
+        lag 0. The initial ``state`` (taken for the spiking cells' signature) does not enter."""
         return F.ACTIVATION_FUNCTIONS[self.params.activation][1](hidden.v.detach()), 0
 
     def _layout(self):
@@ -212,18 +212,23 @@ class _SpikingLayer(RecurrentLayer):
         return SpikingOutput(*fused.spiking_sequence(current, w_rec, state, params, plain, adaptive=adaptive,
                                                      cut=cut, graphs=self._graphs))
 
-    def gains(self, hidden):
-        r"""``(g, 1)``: :math:`g_k = \partial z_k / \partial v_{k-1}` of every neuron and step (detached): the
-        pseudo-derivative over :math:`A_k\, dt`, zero on refractory steps; the spike lags the voltage by one step."""
-        p = self.params
-        v_prev = torch.cat([torch.zeros_like(hidden.v[:1]), hidden.v[:-1]]).detach()
+    def gains(self, hidden, state=None):
+        r"""``(g, 1)``: :math:`g_k = \partial z_k / \partial v_{k-1} = \psi((v_{k-1} - A_k) / A_k) / (A_k\, dt)`
+        of every neuron and step (detached) of a run from ``state`` (None: :meth:`initial_state`), whose ``v`` is
+        :math:`v_{-1}`; zero on refractory steps: the ``n_ref`` steps after a spike and the first ``state.ref``
+        steps (the carried counter). The spike lags the voltage by one step."""
+        p, v = self.params, hidden.v.detach()
+        state = self.initial_state(v.shape[1], device=v.device, dtype=v.dtype) if state is None else state
+        v_prev = torch.cat([state.v.detach().unsqueeze(0), v[:-1]])
         threshold = hidden.threshold.detach()
         gain = F.pseudo_derivative((v_prev - threshold) / threshold, p.gamma) / threshold / p.dt
-        spiked = (hidden.z.detach() > 0).to(v_prev.dtype)
-        recent = torch.zeros_like(spiked)
-        for lag in range(1, p.n_ref + 1):  # refractory steps pass no gradient
-            recent[lag:] = torch.maximum(recent[lag:], spiked[:-lag])
-        return gain * (1.0 - recent), 1
+        if not p.n_ref:
+            return gain, 1
+        refractory = torch.arange(v.shape[0], device=v.device).view(-1, 1, 1) < state.ref  # ref_{k-1} = ref - k > 0
+        spiked = hidden.z.detach() > 0
+        for lag in range(1, p.n_ref + 1):
+            refractory[lag:] |= spiked[:-lag]
+        return gain.masked_fill(refractory, 0.0), 1
 
     def _layout(self):
         adaptive = isinstance(self.params, ALIFParams)

@@ -3,7 +3,8 @@ r"""Credit assignment rules: how gradients flow back through time in *training*;
 A rule is three optional hooks that ``model.Network`` threads into the forward pass:
 
 - ``recurrent(state, w_rec)`` replaces the recurrent current ``z_{t-1} W_rec``;
-- ``side(cell, hidden)`` returns a zero-valued term added to the readout input, which carries non-local credit;
+- ``side(cell, hidden, state=None)`` returns a zero-valued term added to the readout input, which carries non-local
+  credit (``state``: the state the run started from, None for the cell's initial state);
 - ``readout(psp, w_out)`` replaces the readout matmul (random feedback).
 
 Rules (Bellec et al. 2020; Liu et al. 2021, 2022):
@@ -194,14 +195,14 @@ def fir_propagation(taps, mu):
     return propagate
 
 
-def shadow_term(cell, hidden, *, labels, sender, propagate):
+def shadow_term(cell, hidden, state=None, *, labels, sender, propagate):
     """The zero-valued readout term carrying non-local credit: ``g_k * zeta_{k-lag}`` (module docstring), with the
-    cell's own gains (``cell.gains``) and ``W_mod`` the type-averaged recurrent weights (``labels=None``: the true
-    weights, as in ``modprop_true_w``)."""
+    cell's own gains (``cell.gains`` of the run from ``state``) and ``W_mod`` the type-averaged recurrent weights
+    (``labels=None``: the true weights, as in ``modprop_true_w``)."""
     if cell.n_delay != 1:
         raise ValueError(f"mdgl and modprop rules need n_delay = 1 (credit hops assume one-step synapses), "
                          f"got n_delay={cell.n_delay}")
-    gain, lag = cell.gains(hidden)
+    gain, lag = cell.gains(hidden, state)
     w_rec = cell.recurrent_weights().detach()
     w_mod = w_rec if labels is None else type_averaged(w_rec, labels)
     zeta = propagate(sender(hidden, lag), gain, w_mod, cell.alpha, lag)
@@ -271,6 +272,6 @@ def make_rule(name, cell=None, *, n_out=None, **options):
         sender = mu_sender(mu)
         propagate = iir_propagation(mu) if opts.taps is None else fir_propagation(int(opts.taps), mu)
 
-    def side(c, hidden):
-        return shadow_term(c, hidden, labels=labels, sender=sender, propagate=propagate)
+    def side(c, hidden, state=None):
+        return shadow_term(c, hidden, state, labels=labels, sender=sender, propagate=propagate)
     return Rule(name, recurrent=cut_presynaptic, side=side, readout=readout, feedback=matrix)

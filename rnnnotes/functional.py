@@ -112,13 +112,15 @@ class SpikingOutput(NamedTuple):
     threshold: torch.Tensor  # adaptive threshold A_t
 
 
-def check_state(state, kind, batch, n):
-    """Raise ``ValueError`` naming the field of ``state`` that is not a ``kind`` of ``(batch, n)`` tensors."""
+def check_state(state, kind, batch, n, dtype, n_delay=1):
+    """Raise ``ValueError`` naming the field of ``state`` that is not a ``kind`` of ``(batch, n)`` tensors of
+    ``dtype`` (the spike history: ``(batch, (n_delay - 1) n)``)."""
     if not isinstance(state, kind):
         raise ValueError(f"state must be a {kind.__name__}, got {type(state).__name__}")
     for name, value in state._asdict().items():
-        width = value.shape[-1] if name == "history" else n
-        require_shape(f"state.{name}", value, (batch, width))
+        require_shape(f"state.{name}", value, (batch, (n_delay - 1) * n if name == "history" else n))
+        if value.dtype != dtype:
+            raise ValueError(f"state.{name} must have dtype {dtype}, got {value.dtype}")
 
 
 def recurrent_input(state, w_rec):

@@ -174,7 +174,7 @@ class _Grads(NamedTuple):
 
 
 def _sensitivities(Z, V, A, allowed, v0, k):
-    r"""For all steps at once, ``P = dz_t / dv_{t-1}`` and ``R = -A_t dz_t / dA_t`` (zero while refractory):
+    r"""For all steps at once, ``P = dz_t / dv_{t-1}`` and ``R = -dz_t / dA_t`` (zero while refractory):
     :math:`P = \gamma \max(0, 1 - |u_t|) / (A_t\, dt)`, :math:`R = P (u_t + 1)`, :math:`u_t = (v_{t-1} - A_t)/A_t`."""
     u = torch.cat([v0.unsqueeze(0), V[:-1]]).sub_(A).div_(A)
     P = (1.0 - u.abs()).clamp_(min=0.0).mul_(k.gamma / k.dt).div_(A)

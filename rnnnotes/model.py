@@ -133,11 +133,11 @@ class Network(nn.Module):
         if rule and rule.side and read != "z":
             raise ValueError(f"rule {rule.name} sends credit through z, but {type(self.cell).__name__} is read out "
                              f"from {read}")
-        recurrent = rule.recurrent if rule else None
+        recurrent, initial = rule.recurrent if rule else None, carry.state if carry else None
         if carry is None:
             hidden = self.cell(x, recurrent=recurrent)
         else:
             hidden, final = self.cell(x, carry.state, recurrent=recurrent, final=True)
             carry.state = type(final)(*(s.detach() for s in final))
-        z = hidden.z + rule.side(self.cell, hidden) if rule and rule.side else getattr(hidden, read)
+        z = hidden.z + rule.side(self.cell, hidden, initial) if rule and rule.side else getattr(hidden, read)
         return NetworkOutput(out=self.readout(z, matmul=rule.readout if rule else None), hidden=hidden)

@@ -84,7 +84,7 @@ class RecurrentLayer(nn.Module):
     def step(self, input_current, state, w_rec=None, recurrent=None):
         """One step; ``input_current`` is the feed-forward current at this step, ``(B, n)``."""
         require_shape("input_current", input_current, (None, self.n))
-        F.check_state(state, self.state_type, input_current.shape[0], self.n)
+        F.check_state(state, self.state_type, input_current.shape[0], self.n, input_current.dtype, self.n_delay)
         return self._step(input_current, state, self.step_weights() if w_rec is None else w_rec, recurrent)
 
     def _step(self, input_current, state, w_rec, recurrent):
@@ -104,9 +104,14 @@ class RecurrentLayer(nn.Module):
         path (:meth:`_final_state` reads it off the fused outputs); input currents still in flight on delayed
         synapses are not part of a state."""
         require_shape("x", x, (None, None, self.n_in))
+        if x.shape[0] == 0:
+            raise ValueError(f"x must have at least one time step, got shape {tuple(x.shape)}")
         if x.dtype != self.w_in.dtype:
             raise ValueError(f"x must have the weights' dtype {self.w_in.dtype}, got {x.dtype}")
-        state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype) if state is None else state
+        if state is None:
+            state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype)
+        else:
+            F.check_state(state, self.state_type, x.shape[1], self.n, x.dtype, self.n_delay)
         current, w_rec, params = self.input_current(x), self.step_weights(), self.step_params()
         if checkpoint is not None:
             require_count(checkpoint=checkpoint)

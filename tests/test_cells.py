@@ -232,3 +232,58 @@ def test_mismatched_input_shape_is_named():
         RateRNN(3, 2)(torch.zeros(5, 3))
     with pytest.raises(ValueError, match="x must have the weights' dtype torch.float32, got torch.float64"):
         ALIF(3, 2, 2)(torch.zeros(5, 2, 3, dtype=torch.float64))
+
+
+def _carried(cell, batch=3):
+    """A carried state with neurons still refractory (``ref`` 1 to 3), potentials near threshold and spikes."""
+    g = torch.Generator().manual_seed(4)
+    state = cell.initial_state(batch, dtype=torch.float64)
+    return state._replace(v=1.0 + 0.4 * torch.rand(batch, cell.n, generator=g, dtype=torch.float64),
+                          z=(torch.rand(batch, cell.n, generator=g) < 0.5).double(),
+                          b=torch.rand(batch, cell.n, generator=g, dtype=torch.float64) * 0.2,
+                          ref=torch.randint(0, 4, (batch, cell.n), generator=g).double())
+
+
+@pytest.mark.parametrize("make", [lambda: LIF(2, 4, thr=1.0, n_ref=3, seed=1),
+                                  lambda: ALIF(2, 2, 2, thr=1.0, n_ref=2, beta=0.5, dt=0.5, seed=1)])
+@pytest.mark.parametrize("fast", [False, True])
+def test_gains_are_autograd_through_the_step_from_a_carried_state(make, fast):
+    """``gains(hidden, state)`` is dz_k/dv_{k-1} by autograd through ``cell.step`` from a carried state: v_{-1} is
+    the state's potential, and the carried refractory counter zeroes the first steps."""
+    cell = make().double()
+    state = _carried(cell)
+    x = torch.rand(12, 3, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    out = cell(x, state, fast=fast)
+    gains, lag = cell.gains(out, state)
+    expected, s = [], state
+    for i_t in cell.input_current(x).detach():
+        v = s.v.detach().requires_grad_()
+        o, s = cell.step(i_t, s._replace(v=v))
+        expected.append(torch.autograd.grad(o.z.sum(), v)[0])
+    expected = torch.stack(expected)
+    assert lag == 1 and out.z.sum() > 0 and (expected[0][state.ref > 0] == 0).all() and (expected[0] > 0).any()
+    torch.testing.assert_close(gains, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("make", [lambda: ALIF(3, 2, 2), lambda: LIF(3, 4), lambda: RateRNN(3, 4)])
+@pytest.mark.parametrize("kwargs", [dict(fast=False), dict(fast=True), dict(final=True), dict(checkpoint=2)])
+def test_an_empty_sequence_is_refused(make, kwargs):
+    with pytest.raises(ValueError, match="x must have at least one time step"):
+        make()(torch.zeros(0, 2, 3), **kwargs)
+
+
+@pytest.mark.parametrize("make", [lambda: ALIF(3, 2, 2, n_delay=3), lambda: LIF(3, 4), lambda: RateRNN(3, 4)])
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_state_that_does_not_fit_the_call_is_named(make, fast):
+    cell = make()
+    x = torch.rand(5, 2, 3)
+    state = cell.initial_state(2)
+    bad = [(cell.initial_state(3), r"state.v must have shape \(2, 4\)"),
+           (state._replace(z=torch.zeros(2, 5)), r"state.z must have shape \(2, 4\)"),
+           (tuple(state), "state must be a"),
+           (cell.initial_state(2, dtype=torch.float64), "state.v must have dtype torch.float32")]
+    if cell.n_delay > 1:
+        bad.append((state._replace(history=torch.zeros(2, 4)), r"state.history must have shape \(2, 8\)"))
+    for st, message in bad:
+        with pytest.raises(ValueError, match=message):
+            cell(x, st, fast=fast)

@@ -4,7 +4,7 @@ import torch
 
 from rnnnotes import credit
 from rnnnotes.cells import ALIF, LIF, RateRNN
-from rnnnotes.model import Network, Readout, readout_matmul
+from rnnnotes.model import Carry, Network, Readout, readout_matmul
 
 
 
@@ -129,8 +129,8 @@ def test_shadow_recursion_with_exact_gains_and_true_weights_is_bptt(activation):
     net = _rate_net(activation)
     x = torch.randn(25, 3, 3)
     exact = credit.Rule("exact-shadow", recurrent=credit.cut_presynaptic,
-                        side=lambda c, h: credit.shadow_term(c, h, labels=None, sender=credit.exact_sender,
-                                                              propagate=credit.exact_propagation))
+                        side=lambda c, h, s: credit.shadow_term(c, h, s, labels=None, sender=credit.exact_sender,
+                                                                 propagate=credit.exact_propagation))
     bptt, out = _grads(net, x, None)
     shadow, out_shadow = _grads(net, x, exact)
     assert torch.equal(out, out_shadow), "a rule must not change forward values"
@@ -389,3 +389,45 @@ def test_rule_variants_name_a_rule_and_its_feedback():
     assert credit.variant("eprop_random") == ("eprop", "random") and credit.variant("mdgl") == ("mdgl", "symmetric")
     with pytest.raises(ValueError, match="unknown rule variant 'eprop_transposed'"):
         credit.variant("eprop_transposed")
+
+
+@pytest.mark.parametrize("kind", ["lif", "alif"])
+def test_mdgl_from_a_carried_state_is_eprop_plus_the_hop_with_the_steps_gains(kind):
+    """From a carried state with refractory neurons, MDGL's hop uses dz_k/dv_{k-1} by autograd through the step:
+    credit reaching z_{k-2} is (1 - alpha) (g_k e_k) W_ab^T, with e_k the readout's dE/dz_k."""
+    net = _network(kind)
+    cell, readout = net.cell, Readout(7, 2, seed=4).double()  # no readout filter: e_k is local in time
+    g = torch.Generator().manual_seed(2)
+    state = cell.initial_state(2)._replace(v=0.02 + 0.01 * torch.rand(2, 7, generator=g),
+                                           ref=torch.randint(0, 5, (2, 7), generator=g).double())
+    x = (torch.rand(30, 2, 3, generator=g) < 0.3).double()
+    rule = credit.make_rule("mdgl", cell, n_types=2)
+
+    def grads(z, loss):
+        cell.zero_grad()
+        loss(readout(z)).backward()
+        return [cell.w_in.grad.clone(), cell.w_rec.grad.clone()]
+
+    hidden = cell(x, state, recurrent=rule.recurrent)
+    mdgl = grads(hidden.z + rule.side(cell, hidden, state), lambda out: out.pow(2).sum())
+    gains, s = [], state
+    for i_t in cell.input_current(x).detach():
+        v = s.v.detach().requires_grad_()
+        o, s = cell.step(i_t, s._replace(v=v))
+        gains.append(torch.autograd.grad(o.z.sum(), v)[0])
+    gains = torch.stack(gains)
+    with torch.no_grad():
+        e = 2 * readout(hidden.z) @ readout.w_out.T
+        w_ab = credit.type_averaged(cell.recurrent_weights(), credit.type_labels(7, 2))
+        signal = (1 - cell.alpha) * (gains[2:] * e[2:]) @ w_ab.T
+    assert (state.ref > 2).any() and (gains[2][state.ref > 2] == 0).all() and hidden.z.sum() > 5
+    hidden = cell(x, state, recurrent=rule.recurrent)
+    expected = grads(hidden.z, lambda out: out.pow(2).sum() + (signal * hidden.z[:-2]).sum())
+    for a, b in zip(mdgl, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    carry = Carry(state)  # a Network hands the rule the state its carry started from
+    cell.zero_grad()
+    Network(cell, readout)(x, rule=rule, carry=carry).out.pow(2).sum().backward()
+    for a, b in zip([cell.w_in.grad, cell.w_rec.grad], expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert carry.state is not state

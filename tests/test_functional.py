@@ -217,3 +217,10 @@ def test_a_state_of_the_wrong_shape_is_named(make):
         cell.step(torch.zeros(3, 2), state)
     with pytest.raises(ValueError, match="state must be"):
         cell.step(torch.zeros(3, 4), tuple(state))
+
+
+@pytest.mark.parametrize("make", [lambda: ALIF(2, 2, 2), lambda: LIF(2, 4), lambda: RateRNN(2, 4)])
+def test_a_state_of_another_dtype_than_the_current_is_named(make):
+    cell = make()
+    with pytest.raises(ValueError, match="state.v must have dtype torch.float32, got torch.float64"):
+        cell.step(torch.zeros(3, 4), cell.initial_state(3, dtype=torch.float64))
