@@ -4,6 +4,7 @@ Notebooks are read from $RNNNOTES_NOTEBOOKS (default ./notebooks), results go to
 ./results) and the book's sources are $RNNNOTES_BOOK (default ./book).
 """
 import argparse
+import reprlib
 import signal
 import sys
 
@@ -15,7 +16,7 @@ def _pairs(items, split_values=False):
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise profiles.ParameterError(f"expected key=value, got {item!r}")
+            raise profiles.ParameterError(f"expected key=value, got {reprlib.repr(item)}")
         pairs[key] = value.split(",") if split_values else value
     return pairs
 

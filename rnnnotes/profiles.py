@@ -6,6 +6,7 @@ what it changes; a name a notebook does not declare is an error.
 """
 import ast
 import os
+import reprlib
 from pathlib import Path
 
 PROFILE_NAMES = ("smoke", "book", "paper")
@@ -149,11 +150,12 @@ def declared_parameters(name):
 
 
 def _coerce(notebook, key, value, default):
-    """``value`` as the type of ``default``; strings from the command line are parsed first."""
+    """``value`` as the type of ``default``; strings from the command line are parsed first (one that does not parse
+    stays a string, refused unless ``default`` is one)."""
     if isinstance(value, str) and not isinstance(default, str):
         try:
             value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
+        except Exception:  # any failure to parse: a malformed literal, an unhashable key, nesting too deep
             pass
     kind = type(default)
     if default is None or isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool):
@@ -161,13 +163,17 @@ def _coerce(notebook, key, value, default):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     raise ParameterError(f"{notebook}: parameter {key!r} must be {kind.__name__} (default {default!r}), "
-                         f"got {value!r}")
+                         f"got {reprlib.repr(value)}")
 
 
 def resolve(name, profile="smoke", overrides=None):
-    """Full parameter set for ``name`` at ``profile``, with ``overrides`` applied and every value type-checked."""
+    """Full parameter set for ``name`` at ``profile``, with ``overrides`` applied and every value type-checked;
+    ``profile`` itself is not an override (a notebook's checks follow it)."""
     if profile not in PROFILE_NAMES:
         raise ParameterError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILE_NAMES)}")
+    if "profile" in (overrides or {}):
+        raise ParameterError(f"{name}: 'profile' is not a parameter to override; set the profile with --profile, "
+                             f"not -p or -g")
     declared = declared_parameters(name)
     values = dict(declared)
     if "profile" in declared:

@@ -60,15 +60,20 @@ def _kernel_manager(env, cwd, sockets):
 def run(name, profile="smoke", overrides=None, *, output=None, cell_timeout=None, env=None):
     """Execute notebook ``name`` at ``profile`` into ``output`` (default ``results/executed/NAME-PROFILE.ipynb``).
 
-    Parameters are validated before a kernel starts; a failing cell raises ``NotebookFailed`` naming the cell.
-    The kernel runs in the notebook's directory with ``RNNNOTES_RESULTS`` set to the resolved results root and
-    the variables of ``env`` added (e.g. ``RNNNOTES_RUN_LOG``, ``RNNNOTES_STORED_ONLY``: see :mod:`rnnnotes.store`).
+    Parameters and ``output`` are validated before a kernel starts; a failing cell raises ``NotebookFailed`` naming
+    the cell. The kernel runs in the notebook's directory with ``RNNNOTES_RESULTS`` set to the resolved results root
+    and the variables of ``env`` added (e.g. ``RNNNOTES_RUN_LOG``, ``RNNNOTES_STORED_ONLY``: see :mod:`rnnnotes.store`).
     """
     parameters = profiles.resolve(name, profile, overrides)
     source = profiles.notebook_path(name)
     results = store.results_root().resolve()
     output = Path(output or results / "executed" / f"{name}-{profile}.ipynb").resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise profiles.ParameterError(f"output {output} cannot be written: {err}") from None
+    if output.is_dir() or not os.access(output.parent, os.W_OK):
+        raise profiles.ParameterError(f"output {output} cannot be written: a directory, or in a read-only one")
     environment = {**os.environ, "RNNNOTES_RESULTS": str(results), **(env or {})}
     try:
         with tempfile.TemporaryDirectory(prefix="rnnnotes-kernel-") as sockets:
@@ -190,14 +195,18 @@ def _execute_for_book(name, profile, output, stored, env):
     return output
 
 
+def _check_jobs(jobs):
+    if int(jobs) != jobs or jobs < 1:
+        raise profiles.ParameterError(f"jobs must be a positive integer, got {jobs!r}")
+
+
 def execute_all(names, profile, folder, *, stored=False, jobs=1):
     """Execute ``names`` at ``profile`` into ``folder/NAME.ipynb``, ``jobs`` at a time, each in its own process
     (:func:`run_isolated`, with :func:`rnnnotes.thread_env`'s threads), the longest first
     (:data:`rnnnotes.profiles.BOOK_MINUTES`), which shortens the whole; all run even when one fails, and the
     failures are reported together, the runs missing from the store (``stored=True``) listed apart. Returns the
     executed paths, in the order of ``names``."""
-    if int(jobs) != jobs or jobs < 1:
-        raise profiles.ParameterError(f"jobs must be a positive integer, got {jobs!r}")
+    _check_jobs(jobs)
     env = thread_env(jobs)
     longest_first = sorted(names, key=lambda name: -profiles.BOOK_MINUTES.get(name, 0.0))
     with ThreadPoolExecutor(max_workers=int(jobs)) as pool:
@@ -220,17 +229,21 @@ def execute_all(names, profile, folder, *, stored=False, jobs=1):
 def build_book(profile="book", *, book_dir=None, names=None, stored=False, jobs=1):
     """Execute every notebook at ``profile`` into ``book_dir/notebooks`` (:func:`execute_all`) and build the
     HTML with ``-W``. ``book_dir`` defaults to :func:`book_source` (built in place); another directory gets a copy
-    of the sources. ``stored=True`` draws every run from the results store and trains nothing. Returns
-    ``index.html``."""
+    of the sources. ``stored=True`` draws every run from the results store and trains nothing. The profile,
+    notebooks and ``jobs`` are checked before anything is copied or fetched. Returns ``index.html``."""
     source = book_source().resolve()
     if not (source / "_toc.yml").is_file():
         raise profiles.ParameterError(f"book directory {source} has no _toc.yml; run from the repository root or "
                                       f"set RNNNOTES_BOOK to the directory holding the book's sources")
+    _check_jobs(jobs)
+    names = names or profiles.notebook_names()
+    for name in names:
+        profiles.resolve(name, profile)
     book_dir = Path(book_dir).resolve() if book_dir else source
     if book_dir != source:
         shutil.copytree(source, book_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("_build", "notebooks"))
     fetch_book_assets(book_dir)
-    execute_all(names or profiles.notebook_names(), profile, book_dir / "notebooks", stored=stored, jobs=jobs)
+    execute_all(names, profile, book_dir / "notebooks", stored=stored, jobs=jobs)
     subprocess.run(["jupyter-book", "build", "--warningiserror", "--keep-going", str(book_dir)], check=True,
                    env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     return book_dir / "_build" / "html" / "index.html"

@@ -47,7 +47,12 @@ def test_notebooks_are_committed_clean(name):
     (["run", "01_neurons", "-p", "duration_ms=long"], "parameter 'duration_ms' must be int"),
     (["run", "01_neurons", "-p", "seed=1.5"], "parameter 'seed' must be int"),
     (["run", "01_neurons", "-p", "seed"], "expected key=value, got 'seed'"),
+    (["run", "01_neurons", "-p", "duration_ms={[1]: 2}"], "parameter 'duration_ms' must be int"),
+    (["run", "01_neurons", "-p", "duration_ms=" + "-" * 100000 + "1"], "parameter 'duration_ms' must be int"),
+    (["run", "01_neurons", "-p", "profile=paper"], "set the profile with --profile, not -p"),
+    (["run", "01_neurons", "--output", "/dev/null/x.ipynb"], "output /dev/null/x.ipynb cannot be written"),
     (["sweep", "01_neurons", "-g", "n_poisson=10,x"], "parameter 'n_poisson' must be int"),
+    (["sweep", "01_neurons", "-g", "profile=paper,book"], "set the profile with --profile, not -p or -g"),
     (["sweep", "01_neurons", "--executor", "cloud"], "unknown executor 'cloud'; valid executors: local, slurm"),
     (["sweep", "01_neurons", "--seeds", "0,1,0"], "seeds must be distinct non-negative integers, got '0,1,0'"),
     (["sweep", "01_neurons", "--seeds", "-1"], "seeds must be distinct non-negative integers"),
@@ -58,7 +63,21 @@ def test_bad_input_exits_with_one_line(args, message):
     result = cli(*args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert len(lines) == 1 and message in lines[0] and len(lines[0]) < 1000, result.stderr[:2000]
+
+
+@pytest.mark.parametrize("option, message", [(["--profile", "bogus"], "unknown profile 'bogus'"),
+                                             (["--jobs", "0"], "jobs must be a positive integer")])
+def test_a_book_refuses_bad_options_before_copying_or_fetching(tmp_path, option, message):
+    """Sources without ``_vendor``: a bad option ends before the copy to ``--book-dir`` and the assets' download."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
+    (source / "fetch_assets.sh").write_text("echo fetched >&2\nexit 1\n")
+    result = cli("book", *option, "--book-dir", str(tmp_path / "copy"), env={"RNNNOTES_BOOK": str(source)})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "copy").exists()
 
 
 def test_values_are_coerced_to_the_declared_type():
