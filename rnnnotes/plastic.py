@@ -50,8 +50,11 @@ class PlasticRNN(nn.Module):
     r"""``n`` fully connected tanh neurons with plastic synapses :math:`w + \alpha \circ H` (:func:`plastic_step`),
     every neuron receiving its input ``u (T, B, n)`` directly.
 
-    ``eta`` is the trace's retention (``eta_is="retention"``, BOHP: 0.99) or, with ``eta_is="rate"``, differentiable
-    plasticity's rate (0.01 gives the same network); a buffer, or a parameter with ``learn_eta=True``. ``init``:
+    The argument ``eta`` is the trace's retention (``eta_is="retention"``, BOHP: 0.99) or, with ``eta_is="rate"``,
+    differentiable plasticity's rate (0.01 gives the same network). Either way the attribute ``eta`` holds the
+    retention (``PlasticRNN(4, eta=0.01, eta_is="rate").eta`` is 0.99; the rate is ``1 - eta``): a buffer, or with
+    ``learn_eta=True`` a parameter, whose gradient ``bptt_gradient(...)["eta"]`` is with respect to the retention
+    (the negative of the gradient with respect to the rate). ``init``:
     ``"bohp"`` (:math:`w \sim \mathcal N(0, 1.21 / n)`, :math:`\alpha \sim 0.01\, \mathcal U(0, 1)`) or ``"dp"``
     (both :math:`0.01\, \mathcal N(0, 1)`), drawn from the stream ``(seed, "plastic-weights")``. ``alpha``'s diagonal
     is zero and is kept so (the step uses the masked matrix, so it never receives a gradient).

@@ -144,6 +144,23 @@ def test_bad_task_arguments_are_named(kwargs, name):
         CompletionTask(**kwargs)
 
 
+@pytest.mark.parametrize("n_bits, n_patterns", [(30, 2), (6, 2), (28, 8), (12, 10), (1000, 4)])
+def test_orthogonal_sets_that_cannot_be_drawn_are_refused_at_construction(n_bits, n_patterns):
+    """Two balanced patterns are orthogonal only if n_bits is a multiple of 4; more patterns than
+    most_orthogonal_patterns would take too many draws."""
+    with pytest.raises(ValueError, match=f"n_patterns must be at most .* for n_bits={n_bits} "):
+        CompletionTask(n_bits=n_bits, n_patterns=n_patterns)
+
+
+@pytest.mark.parametrize("n_bits, n_patterns", [(28, 7), (12, 9)])
+def test_the_largest_orthogonal_sets_accepted_are_always_drawn(n_bits, n_patterns):
+    """1 to 2 % of these sets take over 10,000 draws (28 bits) or reach a dead end (12 bits): drawn again."""
+    episode = CompletionTask(n_bits=n_bits, n_patterns=n_patterns, n_cycles=1)(
+        200, generator=torch.Generator().manual_seed(1))
+    gram = episode.patterns.permute(1, 0, 2) @ episode.patterns.permute(1, 2, 0)
+    assert torch.equal(gram, n_bits * torch.eye(n_patterns).expand(200, -1, -1))
+
+
 def test_bohp_episode_layout():
     task = CompletionTask.bohp()
     episode = task(4, generator=torch.Generator().manual_seed(1))
