@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,6 +19,16 @@ def cli(*args, env=None, cwd=ROOT, **kwargs):
     base = {k: v for k, v in os.environ.items() if k not in ("RNNNOTES_NOTEBOOKS", "RNNNOTES_BOOK")}
     return subprocess.run([sys.executable, "-m", "rnnnotes", *args], cwd=cwd, capture_output=True, text=True,
                           env={**base, **(env or {})}, **kwargs)
+
+
+def autograd_gains(cell, x, state):
+    """``dz_k / dv_{k-1}`` of every step of ``cell`` run on ``x`` from ``state``, by autograd through ``cell.step``."""
+    gains = []
+    for current in cell.input_current(x).detach():
+        v = state.v.detach().requires_grad_()
+        out, state = cell.step(current, state._replace(v=v))
+        gains.append(torch.autograd.grad(out.z.sum(), v)[0])
+    return torch.stack(gains)
 
 
 @pytest.fixture(scope="session")

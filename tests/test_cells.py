@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rnnnotes.cells import ALIF, LIF, RateRNN, SpikingState, spike
+from conftest import autograd_gains
 
 
 def numpy_alif(x, w_in, w_rec, delay_in, delay_rec, beta, *, tau_m, tau_a, thr, n_ref, dt, n_delay):
@@ -255,12 +256,7 @@ def test_gains_are_autograd_through_the_step_from_a_carried_state(make, fast):
     x = torch.rand(12, 3, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     out = cell(x, state, fast=fast)
     gains, lag = cell.gains(out, state)
-    expected, s = [], state
-    for i_t in cell.input_current(x).detach():
-        v = s.v.detach().requires_grad_()
-        o, s = cell.step(i_t, s._replace(v=v))
-        expected.append(torch.autograd.grad(o.z.sum(), v)[0])
-    expected = torch.stack(expected)
+    expected = autograd_gains(cell, x, state)
     assert lag == 1 and out.z.sum() > 0 and (expected[0][state.ref > 0] == 0).all() and (expected[0] > 0).any()
     torch.testing.assert_close(gains, expected, rtol=1e-12, atol=0)
 

@@ -5,6 +5,7 @@ import torch
 from rnnnotes import credit
 from rnnnotes.cells import ALIF, LIF, RateRNN
 from rnnnotes.model import Carry, Network, Readout, readout_matmul
+from conftest import autograd_gains
 
 
 
@@ -410,12 +411,7 @@ def test_mdgl_from_a_carried_state_is_eprop_plus_the_hop_with_the_steps_gains(ki
 
     hidden = cell(x, state, recurrent=rule.recurrent)
     mdgl = grads(hidden.z + rule.side(cell, hidden, state), lambda out: out.pow(2).sum())
-    gains, s = [], state
-    for i_t in cell.input_current(x).detach():
-        v = s.v.detach().requires_grad_()
-        o, s = cell.step(i_t, s._replace(v=v))
-        gains.append(torch.autograd.grad(o.z.sum(), v)[0])
-    gains = torch.stack(gains)
+    gains = autograd_gains(cell, x, state)
     with torch.no_grad():
         e = 2 * readout(hidden.z) @ readout.w_out.T
         w_ab = credit.type_averaged(cell.recurrent_weights(), credit.type_labels(7, 2))
