@@ -117,6 +117,9 @@ class Flossing:
         """One flossing step on the next input sequence; returns ``(loss, exponents)`` (detached)."""
         device = self.params[0].device
         x = self.inputs(self.done).x[:self.schedule.n_steps, :1].to(device)
+        if x.shape[0] < self.schedule.n_steps:
+            raise ValueError(f"the flossing inputs have {x.shape[0]} steps, fewer than schedule.n_steps = "
+                             f"{self.schedule.n_steps}")
         exponents = self.spectrum(x)
         loss = flossing_loss(exponents, self.schedule.target, reduction="mean")  # the original code
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)

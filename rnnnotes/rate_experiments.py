@@ -8,6 +8,7 @@ import torch
 
 from . import credit
 from .cells import ALIF, RateRNN, VanillaRNN
+from .checks import require_count
 from .curvature import curvature_evaluator
 from .data import load_mnist
 from .experiments import adam_step_decay, deep_r
@@ -159,11 +160,22 @@ class GradientFlossing:
     n_validation: int = 256
     eval_every: int = 0
 
-    def stream(self, stream, batch_size):
-        """The task's batches of the named data stream (``"train"``, ``"validation"``, ``"flossing"``, ...)."""
+    def __post_init__(self):
+        require_count(n_hidden=self.n_hidden, n_exponents=self.n_exponents, n_lyapunov=self.n_lyapunov,
+                      n_steps=self.n_steps)
+        if self.n_exponents > self.n_hidden:
+            raise ValueError(f"n_exponents must be at most n_hidden = {self.n_hidden}, got {self.n_exponents}")
+        if not original_warmup(self.n_lyapunov) < self.n_lyapunov <= self.n_steps:
+            raise ValueError(f"n_lyapunov must exceed its warm-up of {original_warmup(self.n_lyapunov)} steps and be "
+                             f"at most n_steps = {self.n_steps} (spectra are taken on the task's sequences), got "
+                             f"{self.n_lyapunov}")
+
+    def stream(self, stream, batch_size, n_steps=None):
+        """The task's batches of the named data stream (``"train"``, ``"validation"``, ``"flossing"``, ...), of
+        ``n_steps`` steps (default: the task's)."""
         if self.task not in ("xor", "copy"):
             raise ValueError(f"task must be 'xor' or 'copy', got {self.task!r}")
-        task = dict(batch_size=batch_size, n_steps=self.n_steps, delay=self.delay)
+        task = dict(batch_size=batch_size, n_steps=n_steps or self.n_steps, delay=self.delay)
         if self.task == "xor":
             return TaskStream(delayed_parity, seed=self.seed, stream=stream, order=self.order, **task)
         return TaskStream(copy_task, seed=self.seed, stream=stream, **task)
@@ -208,16 +220,18 @@ class GradientFlossing:
         return [flossing.step()[0].item() for _ in range(n_steps)]
 
     def spectrum_inputs(self, n_sequences=1, n_steps=None):
-        """``(n_steps, n_sequences, 1)``: the first ``n_steps`` (default ``n_lyapunov``) steps of the first
-        ``n_sequences`` sequences of the data stream ``"spectrum"``, side by side."""
-        n_steps = n_steps or self.n_lyapunov
-        return torch.cat([self.stream("spectrum", 1)(i).x[:n_steps] for i in range(n_sequences)], dim=1)
+        """``(n_steps, n_sequences, 1)``: the first ``n_sequences`` sequences of the data stream ``"spectrum"``, of
+        ``n_steps`` steps (default ``n_lyapunov``), side by side. A sequence's bits do not depend on its length,
+        so shorter ones are the first steps of longer ones."""
+        stream = self.stream("spectrum", 1, max(n_steps or self.n_lyapunov, self.n_steps))
+        return torch.cat([stream(i).x[:n_steps or self.n_lyapunov] for i in range(n_sequences)], dim=1)
 
     def spectrum(self, model, k, n_sequences=1):
         """The ``k`` largest Lyapunov exponents of ``model``'s cell (no gradient) over :meth:`spectrum_inputs`
-        (on the model's device), averaged over the sequences, with the original's warm-up and the config's
-        coordinates."""
-        x = self.spectrum_inputs(n_sequences).to(next(model.parameters()).device)
+        (on the model's device, in its dtype), averaged over the sequences, with the original's warm-up and the
+        config's coordinates."""
+        weight = next(model.parameters())
+        x = self.spectrum_inputs(n_sequences).to(weight.device, weight.dtype)
         with torch.no_grad():
             return cell_spectrum(model.cell, x, k, warmup=original_warmup(self.n_lyapunov), seed=self.seed,
                                  coordinates=self.coordinates)
@@ -225,11 +239,11 @@ class GradientFlossing:
     def long_term_jacobian(self, model, horizon):
         r"""``(horizon, N)``: the log singular values (descending) of the long-term Jacobian :math:`D_t \cdots D_1`
         of ``model``'s cell after each step ``t``, from its initial state along the first ``"spectrum"`` sequence
-        (:func:`~rnnnotes.lyapunov.jacobian_log_singular_values`)."""
-        state_map = cell_state_map(model.cell, self.coordinates)
-        x = self.spectrum_inputs(1, horizon).to(next(model.parameters()).device)
+        (:func:`~rnnnotes.lyapunov.jacobian_log_singular_values`), in the model's dtype."""
+        state_map, weight = cell_state_map(model.cell, self.coordinates), next(model.parameters())
+        x = self.spectrum_inputs(1, horizon).to(weight.device, weight.dtype)
         with torch.no_grad():
-            h0 = state_map.pack(model.cell.initial_state(1, device=x.device))
+            h0 = state_map.pack(model.cell.initial_state(1, device=x.device, dtype=x.dtype))
             return jacobian_log_singular_values(state_map, h0, x)[:, 0]
 
     def build(self, device):
