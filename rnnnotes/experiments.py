@@ -8,6 +8,7 @@ schedule, credit rule, DEEP R and validation into a :class:`~rnnnotes.train.Trai
 (:func:`rnnnotes.store.source_hash`), so a changed module never silently reuses a stale model. Every random
 stream comes from the config's seed (:mod:`rnnnotes.seeding`).
 """
+import numbers
 from dataclasses import asdict
 from typing import Any, NamedTuple
 
@@ -15,6 +16,7 @@ import pandas as pd
 import torch
 
 from . import resolve_device, store
+from .checks import require_count, require_positive
 from .rewiring import DeepR, sign_constrained_init
 from .seeding import generator
 from .train import fit
@@ -59,5 +61,9 @@ def deep_r(weights, signs, *, connectivity, l1, temperature=0.0, seed):
 
 def adam_step_decay(model, lr, decay, every):
     """Adam at ``lr`` whose rate is multiplied by ``decay`` every ``every`` steps (the originals' schedule)."""
+    require_positive(lr=lr)
+    if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 < decay <= 1:
+        raise ValueError(f"lr_decay must be a number in (0, 1], got {decay!r}")
+    require_count(decay_every=every)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=every, gamma=decay)

@@ -9,6 +9,8 @@ from functools import reduce
 import torch
 from torch.nn import functional as F
 
+from .checks import require_nonnegative
+
 
 def window_logits(out, window):
     r"""Average ``out (T, B, C)`` over windows of ``window`` steps, ``(T // window, B, C)``:
@@ -72,6 +74,7 @@ def firing_rate_hz(z):
 
 def rate_regularizer(z, *, target_hz):
     r"""LSNN firing-rate penalty :math:`\sum_j (r_j - r_0)^2`, rates in spikes per ms (Bellec et al. 2018)."""
+    require_nonnegative(target_hz=target_hz)
     return ((firing_rate_hz(z) - target_hz) / 1000.0).pow(2).sum()
 
 
@@ -90,6 +93,9 @@ class Objective:
     l2_weight: float = 0.0
 
     decayed = ("cell.w_in", "cell.w_rec", "readout.w_out")  # the weights under the L2 penalty
+
+    def __post_init__(self):
+        require_nonnegative(rate_weight=self.rate_weight, target_hz=self.target_hz, l2_weight=self.l2_weight)
 
     def loss(self, result, batch, weights):
         """``(loss, task loss)`` of a network's output ``result`` on ``batch``; ``weights`` maps the names in

@@ -6,7 +6,7 @@ import torch
 
 from . import credit
 from .cells import ALIF
-from .checks import require_bool
+from .checks import require_bool, require_nonnegative
 from .data import load_mnist
 from .experiments import adam_step_decay, deep_r
 from .losses import Objective
@@ -23,10 +23,10 @@ class StoreRecall:
     """LSNN store-recall (notebook 02): ``n_regular`` LIF + ``n_adaptive`` ALIF neurons (0: the LIF control), 100
     Poisson channels, leaky readout (tau_out = 20 ms), cross-entropy at the recall windows + rate regulariser; Adam
     with step decay; early stop once the mean validation accuracy of the last ``stop_window`` validations reaches
-    ``stop_accuracy``, checked every ``stop_every`` steps (the tutorial: 20); ``carry_state``: each batch starts
-    from the state the previous one left, the training, validation and test batches each in their own chain (the
-    tutorial does); ``fresh_validation``: a new validation batch at every evaluation (the tutorial) instead of one
-    fixed batch. ``rule``: BPTT; ``eprop`` for notebook 05."""
+    ``stop_accuracy`` (above 1: never), checked every ``stop_every`` steps (the tutorial: 20); ``carry_state``: each
+    batch starts from the state the previous one left, the training, validation and test batches each in their own
+    chain (the tutorial does); ``fresh_validation``: a new validation batch at every evaluation (the tutorial)
+    instead of one fixed batch. ``rule``: BPTT; ``eprop`` for notebook 05."""
 
     notebook = "02_store_recall"
     rule: str = "bptt"
@@ -72,6 +72,7 @@ class StoreRecall:
                            stop_metric="eval_accuracy", stop_at=self.stop_accuracy, stop_window=self.stop_window,
                            stop_every=self.stop_every, carry_state=self.carry_state)
         require_bool(fresh_validation=self.fresh_validation)
+        require_nonnegative(stop_accuracy=self.stop_accuracy)
         validation = self.trials("validation")
         batches = (lambda step: [validation(step).batch]) if self.fresh_validation else [validation(0).batch]
         evaluate = evaluator(objective, batches, carry=Carry() if self.carry_state else None)

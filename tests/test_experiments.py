@@ -141,6 +141,16 @@ def test_curvature_run_stores_the_dense_hessians_top_eigenvalue(results):
     torch.testing.assert_close(with_l2, hessian.dense_hessian(task_only, params) + 0.01 * torch.eye(25).double())
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lr=0.0), "lr must be a positive number"), (dict(lr_decay=-0.3), r"lr_decay must be a number in \(0, 1\]"),
+    (dict(lr_decay=0.0), "lr_decay must be"), (dict(decay_every=0), "decay_every must be a positive number"),
+    (dict(stop_accuracy=-1.0), "stop_accuracy must be a finite number >= 0"),
+    (dict(rate_weight=-1.0), "rate_weight must be a finite number >= 0")])
+def test_store_recall_refuses_settings_that_cannot_train_before_a_step(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        StoreRecall(**kwargs).build("cpu")
+
+
 def test_store_recall_lif_control_and_the_tutorials_protocol_options():
     control = StoreRecall(n_regular=20, n_adaptive=0, n_symbols=4, symbol_ms=20, n_delay=1)
     setup = control.build("cpu")

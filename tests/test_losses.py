@@ -99,6 +99,16 @@ def test_rate_regularizer_and_l2_penalty_by_hand():
     assert l2_penalty([torch.tensor([1.0, -2.0]), torch.tensor([[3.0]])]).item() == 7.0
 
 
+@pytest.mark.parametrize("kwargs, name", [(dict(rate_weight=-0.1), "rate_weight"), (dict(target_hz=-10.0), "target_hz"),
+                                          (dict(rate_weight=math.nan), "rate_weight"),
+                                          (dict(l2_weight=-1e-4), "l2_weight")])
+def test_objective_refuses_a_penalty_that_would_reward(kwargs, name):
+    with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
+        Objective(**kwargs)
+    with pytest.raises(ValueError, match="target_hz must be a finite number >= 0"):
+        rate_regularizer(torch.zeros(2, 1, 3), target_hz=-5.0)
+
+
 class Model:
     def __init__(self, w, spiking=False):
         self.spiking, self.w = spiking, w
