@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from . import hessian
+from .checks import require_count
 from .seeding import generator
 from .train import to_device
 
@@ -50,6 +51,9 @@ def samples_sweep(model, objective, make_batch, sizes, *, draws=3, seed=0):
     """How the top eigenvalue depends on the evaluation set: for each size in ``sizes``, ``draws`` batches
     ``make_batch(size, generator)`` of that many examples, each drawn from the stream
     ``(seed, "hessian-samples", size, draw)``."""
+    require_count(draws=draws)
+    if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        raise ValueError(f"sizes must be a non-empty list of positive integers, got {sizes!r}")
     rows = []
     for size in sizes:
         for draw in range(draws):

