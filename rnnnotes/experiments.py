@@ -17,6 +17,7 @@ import torch
 
 from . import resolve_device, store
 from .checks import require_count, require_positive
+from .data import mnist_dir_in_use
 from .rewiring import DeepR, sign_constrained_init
 from .seeding import generator
 from .train import fit
@@ -42,8 +43,12 @@ def train_run(config, *, name="run", device="auto", progress=True):
 
 
 def run_directory(config, name, device):
-    """``results/<config.notebook>/<key>/<name>``; the key hashes the config, the resolved device and the source."""
+    """``results/<config.notebook>/<key>/<name>``; the key hashes the config, the resolved device and the source,
+    and for a config that reads MNIST the directory its digits come from (``$RNNNOTES_MNIST_DIR`` when it names
+    none)."""
     identity = {**asdict(config), "device": str(device), "source": store.source_hash()}
+    if "mnist_dir" in identity:
+        identity["mnist_dir"] = mnist_dir_in_use(identity["mnist_dir"])
     return store.run_dir(config.notebook, identity, name)
 
 

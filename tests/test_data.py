@@ -82,6 +82,20 @@ def test_idx_directory_and_environment_variable(tmp_path, monkeypatch, capsys, g
     assert torch.equal(load_mnist().train_images, data.train_images)
 
 
+def test_a_run_key_follows_the_digits_the_environment_variable_selects(tmp_path, monkeypatch):
+    """Two runs of one config, with and without $RNNNOTES_MNIST_DIR, train on different digits: different keys."""
+    from rnnnotes.experiments import run_directory
+    from rnnnotes.spiking_experiments import SequentialMNIST
+    monkeypatch.delenv("RNNNOTES_MNIST_DIR", raising=False)
+    config = SequentialMNIST()
+    fallback = run_directory(config, "run", "cpu")
+    monkeypatch.setenv("RNNNOTES_MNIST_DIR", str(tmp_path))
+    assert run_directory(config, "run", "cpu") != fallback
+    assert run_directory(config, "run", "cpu") == run_directory(SequentialMNIST(mnist_dir=str(tmp_path)), "run", "cpu")
+    monkeypatch.delenv("RNNNOTES_MNIST_DIR")
+    assert run_directory(config, "run", "cpu") == fallback
+
+
 def test_idx_directory_is_read_once_while_unchanged_and_each_caller_gets_its_own_tensors(tmp_path, monkeypatch):
     arrays = write_mnist_dir(tmp_path)
     reads = []
