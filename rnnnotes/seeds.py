@@ -11,11 +11,13 @@ trains it alone, up to the rounding of batched matrix products.
 While a group trains, each seed's module holds its parameters as views of the stacked tensors, so its own
 :class:`~rnnnotes.rewiring.DeepR` and evaluation act on the live weights. Checkpoints and results are written per
 seed, in ``fit``'s layout and in the seed's own run directory: a group resumes from per-seed checkpoints and a
-single run from a group's. A seed that diverges or stops early keeps its weights while the others go on.
+single run from a group's. A seed that diverges or stops early keeps its weights while the others go on, its
+result stored at once.
 """
 import math
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -186,29 +188,37 @@ def _train_group(trainings, run_dirs, checkpoints):
     for s, checkpoint in enumerate(checkpoints):
         if checkpoint is not None:
             start, rows[s] = _restore(checkpoint, _seed_view(group, s), None)
-    status, messages, live = ["finished"] * n, [f"finished {config.steps} steps"] * n, list(range(n))
-    bar = tqdm(total=config.steps, initial=start, disable=not config.progress, desc=f"training {n} seeds")
+    results, live = [None] * n, list(range(n))
+
+    def end(s, status, message):
+        live.remove(s)
+        results[s] = _finish(run_dirs[s], rows[s], status, message, _unstacked(trainings[s].model))
     started = time.perf_counter()
+    for s in range(n):  # restored rows that meet the stop: stopped before its result was stored
+        stop = _early_stop(config, rows[s], started)
+        if stop:
+            end(s, "finished", stop)
+    bar = tqdm(total=config.steps, initial=start, disable=not config.progress, desc=f"training {n} seeds")
     for step in range(start, config.steps):
+        if not live:
+            break
         for s, (row, loss) in train_step(group, step, live).items():
             if row is None:
-                status[s], messages[s] = "diverged", _diverged(step, loss, config)
-                print(f"{run_dirs[s].name if run_dirs[s] else f'seed {s}'}: {messages[s]}")
-                live.remove(s)
+                message = _diverged(step, loss, config)
+                print(f"{run_dirs[s].name if run_dirs[s] else f'seed {s}'}: {message}")
+                end(s, "diverged", message)
                 continue
             rows[s].append(row)
             if run_dirs[s] and (step + 1) % config.checkpoint_every == 0:
                 store.save_torch(run_dirs[s] / "checkpoint.pt", _checkpoint(group, s, step + 1, rows[s]))
             stop = _early_stop(config, rows[s], started)
             if stop:
-                messages[s] = stop
-                live.remove(s)
+                end(s, "finished", stop)
         bar.update()
-        if not live:
-            break
     bar.close()
-    return [_finish(run_dir, r, st, m, _unstacked(t.model))
-            for t, run_dir, r, st, m in zip(trainings, run_dirs, rows, status, messages)]
+    for s in list(live):
+        end(s, "finished", f"finished {config.steps} steps")
+    return results
 
 
 @numerics.flush_denormal()
@@ -220,7 +230,7 @@ def fit_seeds(trainings, *, run_dirs=None):
     groups. A state carried across batches (``carry_state``) is not supported here."""
     if any(t.config.carry_state for t in trainings):
         raise ValueError("carry_state: vectorised seeds start every batch from the zero state; train with fit")
-    run_dirs = list(run_dirs or [None] * len(trainings))
+    run_dirs = [Path(d) if d else None for d in run_dirs or [None] * len(trainings)]
     results, pending = [None] * len(trainings), {}
     for s, (t, run_dir) in enumerate(zip(trainings, run_dirs)):
         if run_dir and (run_dir / "result.json").exists():

@@ -3,6 +3,7 @@ import inspect
 import math
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pandas as pd
@@ -145,19 +146,22 @@ def _restore(ckpt, t, carry):
 
 
 def _reuse(run_dir, model):
+    """The stored result in ``run_dir``, its weights loaded into ``model`` (a diverged run stored by an older
+    version kept none)."""
     result = store.read_json(run_dir / "result.json")
-    if result["status"] == "finished":
+    if result["status"] == "finished" or (run_dir / "model.pt").exists():
         model.load_state_dict(store.load_torch(run_dir / "model.pt"))
     store.log_run(run_dir, result["status"], result["message"], trained=False)
-    return FitResult(pd.read_csv(run_dir / "metrics.csv"), result["status"], result["message"])
+    history = pd.read_csv(run_dir / "metrics.csv") if result["steps"] else pd.DataFrame()
+    return FitResult(history, result["status"], result["message"])
 
 
 def _finish(run_dir, rows, status, message, model):
+    """Store the run's metrics, the weights it ends with (a diverged run's last good ones) and its result."""
     history = pd.DataFrame(rows)
     if run_dir:
         store.save_table(run_dir / "metrics.csv", history)
-        if status == "finished":
-            store.save_torch(run_dir / "model.pt", model.state_dict())
+        store.save_torch(run_dir / "model.pt", model.state_dict())
         store.write_json(run_dir / "result.json", {"status": status, "message": message, "steps": len(rows)})
     store.log_run(run_dir, status, message, trained=True)
     return FitResult(history, status, message)
@@ -203,7 +207,9 @@ def _log_row(t, step, metrics, lr, flossed):
 
 
 def _early_stop(config, rows, started):
-    """Why training ends before ``config.steps`` (target reached, time used), or None."""
+    """Why training ends before ``config.steps`` (target reached, time used), or None (also with no rows yet)."""
+    if not rows:
+        return None
     if config.stop_metric and config.reached(rows):
         return f"reached mean {config.stop_metric} >= {config.stop_at:g} at step {rows[-1]['step']}"
     if config.max_seconds and time.perf_counter() - started > config.max_seconds:
@@ -221,11 +227,12 @@ def _diverged(step, loss, config):
 def fit(training, *, run_dir=None):
     """Train a :class:`Training` (see there for what each piece does), with denormals flushed to zero.
 
-    With ``run_dir``, a finished run is reused, an interrupted one resumes from its last checkpoint and ends
-    bitwise-identical on CPU (batches depend only on the step index), and a diverging one stops with
-    ``status="diverged"`` keeping the last good checkpoint (no non-finite value is logged).
+    With ``run_dir`` (a path or str), a finished or diverged run is reused, an interrupted one resumes from its last
+    checkpoint and ends bitwise-identical on CPU (batches depend only on the step index), and a diverging one stops
+    with ``status="diverged"`` keeping the last good checkpoint and weights (no non-finite value is logged).
     """
     t, config = training, training.config
+    run_dir = Path(run_dir) if run_dir else None
     if run_dir and (run_dir / "result.json").exists():
         return _reuse(run_dir, t.model)
     store.require_training_allowed(run_dir)
@@ -236,7 +243,10 @@ def fit(training, *, run_dir=None):
     bar = tqdm(total=config.steps, initial=start, disable=not config.progress, desc="training")
     status, message = "finished", f"finished {config.steps} steps"
     started = time.perf_counter()
+    stop = _early_stop(config, rows, started)  # restored rows that meet it: stopped before its result was stored
     for step in range(start, config.steps):
+        if stop:
+            break
         row, loss = _train_step(t, step, device, carry)
         if row is None:
             status, message = "diverged", _diverged(step, loss, config)
@@ -248,8 +258,5 @@ def fit(training, *, run_dir=None):
         if run_dir and (step + 1) % config.checkpoint_every == 0:
             store.save_torch(run_dir / "checkpoint.pt", _state(step + 1, rows, t, carry))
         stop = _early_stop(config, rows, started)
-        if stop:
-            message = stop
-            break
     bar.close()
-    return _finish(run_dir, rows, status, message, t.model)
+    return _finish(run_dir, rows, status, stop or message, t.model)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rnnnotes import credit, experiments, sweep
+from rnnnotes import credit, experiments, seeds, sweep
 from rnnnotes.rate_experiments import DelayedXORCredit, RowMNISTCurvature
 from rnnnotes.seeds import fit_seeds, train_runs
 from rnnnotes.train import fit
@@ -105,6 +105,26 @@ def test_a_diverging_seed_stops_and_keeps_its_weights_while_the_others_train():
     assert _max_difference(diverged.model, _trainings(config, [1], blow_up_seed_1)[0].model) == 0
 
 
+def test_a_group_with_a_diverged_seed_is_reused_with_the_weights_it_ended_with(tmp_path):
+    def blow_up_seed_1(training):
+        if training.model.cell.seed == 1:
+            with torch.no_grad():
+                training.model.readout.b_out[0] = 1e6
+        return training
+    dirs = [tmp_path / "0", tmp_path / "1"]
+    for d in dirs:
+        d.mkdir()
+    runs = []
+    for _ in range(2):  # trained, then reused
+        trainings = _trainings(DelayedXORCredit(rule="bptt", **SMALL), [0, 1], blow_up_seed_1)
+        runs.append(list(zip(trainings, fit_seeds(trainings, run_dirs=dirs))))
+    for (t1, r1), (t2, r2) in zip(*runs):
+        assert r1.status == r2.status and r1.message == r2.message
+        pd.testing.assert_frame_equal(r1.history, r2.history)
+        assert _max_difference(t1.model, t2.model) == 0
+    assert [r.status for _, r in runs[1]] == ["finished", "diverged"] and runs[1][1][1].history.empty
+
+
 def test_a_group_resumes_from_checkpoints_and_a_run_alone_from_the_group(results):
     config = DelayedXORCredit(rule="eprop", **SMALL)
     names = ["eprop-0", "eprop-1"]
@@ -121,6 +141,40 @@ def test_a_group_resumes_from_checkpoints_and_a_run_alone_from_the_group(results
         pd.testing.assert_frame_equal(result.history, reference.history, check_exact=False, rtol=0, atol=1e-5)
     runs = train_runs([replace(config, seed=s) for s in (0, 1)], names=names, progress=False)
     assert [r.run_dir for r in runs] == dirs, "finished runs are reused from their own directories"
+
+
+def test_a_killed_group_keeps_the_seed_that_stopped_early(tmp_path, monkeypatch):
+    """Seed 0 reaches its target at step 2, a checkpoint step; the group is killed at step 3. Resumed, seed 0 keeps
+    its two rows and weights and seed 1 trains on, both as in the group that was not interrupted."""
+    def group(name):
+        trainings = []
+        for t in _trainings(DelayedXORCredit(rule="bptt", **{**SMALL, "n_iterations": 6}), [0, 1]):
+            target = float(t.model.cell.seed == 0)
+            trainings.append(t._replace(evaluate=lambda model, target=target: {"target": target}).with_config(
+                eval_every=1, checkpoint_every=2, stop_metric="eval_target", stop_at=0.5, stop_every=2))
+        dirs = [tmp_path / f"{name}{s}" for s in (0, 1)]
+        for d in dirs:
+            d.mkdir(exist_ok=True)
+        return trainings, dirs
+    reference, dirs = group("reference")
+    expected = fit_seeds(reference, run_dirs=dirs)
+    assert [len(r.history) for r in expected] == [2, 6]
+    real = seeds.train_step
+
+    def killed(group, step, live):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(group, step, live)
+    monkeypatch.setattr(seeds, "train_step", killed)
+    trainings, dirs = group("resumed")
+    with pytest.raises(KeyboardInterrupt):
+        fit_seeds(trainings, run_dirs=dirs)
+    monkeypatch.undo()
+    trainings, dirs = group("resumed")
+    for t1, r1, t2, r2 in zip(reference, expected, trainings, fit_seeds(trainings, run_dirs=dirs)):
+        assert r1.message == r2.message
+        pd.testing.assert_frame_equal(r1.history, r2.history)
+        assert _max_difference(t1.model, t2.model) == 0
 
 
 def test_train_vectorized_stores_runs_where_train_all_does(results):

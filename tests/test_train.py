@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rnnnotes import fused, store
+from rnnnotes import fused, store, train
 from rnnnotes.cells import ALIF
 from rnnnotes.losses import Objective
 from rnnnotes.model import Carry, Network, NetworkOutput, Readout
@@ -97,6 +97,63 @@ def test_finished_run_is_reused_not_recomputed(tmp_path):
     assert calls == [] and second.status == "finished"
     pd.testing.assert_frame_equal(first.history, second.history, check_dtype=False)
     assert all(torch.equal(trained[k], v) for k, v in other.state_dict().items())
+
+
+def _diverging_fit(run_dir, max_loss):
+    """The model and result of a run at lr 1e6, whose losses are 0.73, then 5e5."""
+    model, task, opt = _small_problem(lr=1e6)
+    config = FitConfig(steps=5, max_loss=max_loss, progress=False)
+    return model, fit(Training(model, task, Objective(), opt, config), run_dir=run_dir)
+
+
+def test_a_run_diverged_at_its_first_step_is_reused(tmp_path):
+    _, first = _diverging_fit(tmp_path, max_loss=0.5)
+    _, again = _diverging_fit(tmp_path, max_loss=0.5)
+    assert first.status == again.status == "diverged" and again.message == first.message
+    assert len(first.history) == len(again.history) == 0
+
+
+def test_a_reused_diverged_run_has_the_weights_it_ended_with(tmp_path):
+    model, first = _diverging_fit(tmp_path, max_loss=1e4)
+    reused, again = _diverging_fit(tmp_path, max_loss=1e4)
+    assert first.status == again.status == "diverged" and len(again.history) == 1
+    assert not (tmp_path / "checkpoint.pt").exists(), "the weights come from the stored result"
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reused.parameters()))
+    assert not torch.equal(reused.readout.w_out, _small_problem(lr=1e6)[0].readout.w_out), "trained one step"
+
+
+def test_run_dir_may_be_a_str(tmp_path):
+    model, task, opt = _small_problem(lr=0.01)
+    first = fit(Training(model, task, Objective(), opt, FitConfig(steps=2, progress=False)), run_dir=str(tmp_path))
+    assert first.status == "finished" and (tmp_path / "result.json").exists()
+
+
+def test_a_run_killed_after_its_early_stop_was_checkpointed_ends_as_it_stopped(tmp_path, monkeypatch):
+    """The stop is reached on a checkpoint step and the process dies before the result is stored: resumed, the
+    run stops there, with the same rows and weights as the run that was not interrupted."""
+    def run(run_dir):
+        model, stream, _ = _small_problem(lr=0.0)
+        config = FitConfig(steps=9, checkpoint_every=3, progress=False, stop_metric="accuracy", stop_at=0.0,
+                           stop_every=3)
+        opt, calls = torch.optim.Adam(model.parameters(), lr=0.01), []
+        training = Training(model, lambda step: calls.append(step) or stream(step), Objective(), opt, config)
+        return model, fit(training, run_dir=run_dir), calls
+    for name in ("reference", "resumed"):
+        (tmp_path / name).mkdir()
+    model, reference, _ = run(tmp_path / "reference")
+    assert len(reference.history) == 3 and "reached" in reference.message
+
+    def killed(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "_finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed")
+    monkeypatch.undo()
+    assert store.load_torch(tmp_path / "resumed" / "checkpoint.pt")["step"] == 3
+    resumed_model, resumed, calls = run(tmp_path / "resumed")
+    assert calls == [] and resumed.message == reference.message
+    pd.testing.assert_frame_equal(reference.history, resumed.history)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed_model.parameters()))
 
 
 def test_evaluation_columns_and_learning(tmp_path):
