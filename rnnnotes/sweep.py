@@ -8,7 +8,9 @@ threads only wait on them: killing one point's process fails that point alone, a
 with it.
 """
 import contextlib
+import hashlib
 import itertools
+import numbers
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from dataclasses import replace
@@ -29,6 +31,14 @@ class LocalPool(ThreadPoolExecutor):
         self.point_env = thread_env(jobs)
 
 
+def _count(name, value, least=1):
+    """``value`` as an ``int`` if it is a whole number (not a bool) of at least ``least``, else ``ParameterError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value).is_integer() or value < least:
+        kind = "a positive" if least == 1 else "a non-negative"
+        raise profiles.ParameterError(f"{name} must be {kind} integer, got {value!r}")
+    return int(value)
+
+
 def executor(kind="local", *, jobs=2, folder=None, partition=None, minutes=None, gpus=None, mem_gb=None):
     """An executor for sweep points: ``"local"``, a :class:`LocalPool` of ``jobs``; ``"slurm"``, ``submitit``'s
     ``AutoExecutor`` writing its logs to ``folder``: SLURM jobs (``partition``, time limit ``minutes``, ``gpus`` per
@@ -36,19 +46,20 @@ def executor(kind="local", *, jobs=2, folder=None, partition=None, minutes=None,
     (subprocesses), which is how the SLURM path is tested. Bad input raises ``ParameterError``."""
     if kind not in EXECUTORS:
         raise profiles.ParameterError(f"unknown executor {kind!r}; valid executors: {', '.join(EXECUTORS)}")
-    if int(jobs) != jobs or jobs < 1:
-        raise profiles.ParameterError(f"jobs must be a positive integer, got {jobs!r}")
+    jobs = _count("jobs", jobs)
+    minutes, gpus, mem_gb = (None if value is None else _count(name, value, least) for name, value, least in
+                             (("minutes (--time)", minutes, 1), ("gpus", gpus, 0), ("mem_gb (--mem)", mem_gb, 1)))
     options = {"timeout_min": minutes, "gpus_per_node": gpus, "mem_gb": mem_gb, "slurm_partition": partition}
     if kind == "local":
         if any(v is not None for v in options.values()):
             raise profiles.ParameterError("partition, time, gpus and mem are options of --executor slurm")
-        return LocalPool(int(jobs))
+        return LocalPool(jobs)
     try:
         import submitit
     except ImportError:
         raise profiles.ParameterError("executor 'slurm' needs submitit: .venv/bin/pip install submitit") from None
     pool = submitit.AutoExecutor(folder=str(folder or store.results_root() / "sweeps" / "submitit"))
-    pool.update_parameters(slurm_array_parallelism=int(jobs), **{k: v for k, v in options.items() if v is not None})
+    pool.update_parameters(slurm_array_parallelism=jobs, **{k: v for k, v in options.items() if v is not None})
     return pool
 
 
@@ -75,12 +86,14 @@ def _label(point):
 
 
 def _execute(name, profile, point, env=None):
-    """Execute one point, its kernel's environment updated with ``env``; its status is ``reused`` (this code
-    finished it before: not executed again), ``done``, ``resumed`` (an earlier execution of it was interrupted or
-    failed; the notebook's runs resume from their checkpoints) or ``failed`` (the notebook raised, or one of its
-    training runs diverged: the cause is named)."""
+    """Execute one point, its kernel's environment updated with ``env``; its status is ``reused`` (this code and
+    this notebook, byte for byte, finished it before: not executed again), ``done``, ``resumed`` (an earlier
+    execution of it was interrupted or failed, or its notebook changed since; the notebook's runs resume from their
+    checkpoints) or ``failed`` (the notebook raised, or one of its training runs diverged: the cause is named)."""
     output = store.results_root() / "sweeps" / name / profile / f"{_label(point)}.ipynb"
-    finished, identity = output.with_suffix(".json"), {"point": point, "source": store.source_hash()}
+    notebook = hashlib.sha256(profiles.notebook_path(name).read_bytes()).hexdigest()[:12]
+    finished = output.with_suffix(".json")
+    identity = {"point": point, "source": store.source_hash(), "notebook": notebook}
     if finished.exists() and store.read_json(finished) == identity:
         return "reused", str(output)
     status = "resumed" if output.exists() else "done"

@@ -342,3 +342,44 @@ def test_cell_limits_by_profile(monkeypatch):
     assert limits == (300, 1800, None)
     assert runner.cell_timeout("smoke", {"x": 1}) == 300
     assert runner.cell_timeout("book", {"n_iterations": 3000}) is None, "a book sweep's point may train for hours"
+
+
+def test_a_sweep_point_is_executed_again_after_its_notebook_changed(failing_notebook, monkeypatch):
+    """A finished point is reused only while its notebook is the one that finished it."""
+    executed = []
+
+    def run_logged(name, profile, point, *, output, env=None):
+        executed.append(point)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("{}")
+        return []
+    monkeypatch.setattr(runner, "run_logged", run_logged)
+
+    def statuses():
+        outcomes = sweep.sweep("98_failing", "smoke", {"x": [1]}, executor=ThreadPoolExecutor(1))
+        return [status for _, status, _ in outcomes]
+    assert statuses() == ["done"] and statuses() == ["reused"]
+    nb = nbformat.read(failing_notebook / "98_failing.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("print('a new figure')"))
+    nbformat.write(nb, failing_notebook / "98_failing.ipynb")
+    assert statuses() == ["resumed"] and statuses() == ["reused"]
+    assert executed == [{"x": 1}, {"x": 1}]
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("minutes", 0, r"minutes \(--time\) must be a positive integer, got 0"), ("minutes", -5, "minutes"),
+    ("gpus", -1, "gpus must be a non-negative integer, got -1"), ("mem_gb", -4, "mem_gb"), ("mem_gb", 0, "mem_gb"),
+    ("mem_gb", 1.5, "mem_gb"), ("jobs", True, "jobs must be a positive integer, got True")])
+def test_slurm_option_values_are_checked(tmp_path, option, value, message):
+    with pytest.raises(profiles.ParameterError, match=message):
+        sweep.executor("slurm", folder=tmp_path / "submitit", **{option: value})
+    assert not (tmp_path / "submitit").exists()
+
+
+@pytest.mark.parametrize("option,value,message", [("--time", "0", "minutes (--time)"), ("--gpus", "-1", "gpus"),
+                                                  ("--mem", "0", "mem_gb (--mem)")])
+def test_the_cli_refuses_bad_slurm_options_before_anything_is_submitted(tmp_path, option, value, message):
+    done = cli("sweep", "no_such_notebook", "--executor", "slurm", option, value,
+               env={"RNNNOTES_RESULTS": str(tmp_path)})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: {message} must be")
+    assert not list(tmp_path.iterdir())
