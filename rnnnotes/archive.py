@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from . import __version__, profiles, store
 
 MANIFEST = "rnnnotes-archive.json"
+UNPACKING = ".unpacking-"  # the prefix of an unpack's folder beside the results, left only if it was killed
 
 
 def pack(archive, root=None):
@@ -21,7 +22,7 @@ def pack(archive, root=None):
     root = Path(root or store.results_root())
     if not root.is_dir():
         raise profiles.ParameterError(f"no results directory at {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not _unpacking(p.relative_to(root)))
     manifest = json.dumps({"version": __version__, "source": store.source_hash(), "files": len(files)}).encode()
     try:
         tar = tarfile.open(archive, "w:gz", dereference=True)  # links as the files they name: unpack takes no link
@@ -34,6 +35,11 @@ def pack(archive, root=None):
         for path in files:
             tar.add(path, arcname=str(path.relative_to(root)))
     return len(files)
+
+
+def _unpacking(path):
+    """Whether ``path`` (relative to the results) lies in the folder of an unpack that was killed outright."""
+    return path.parts[0].startswith(UNPACKING)
 
 
 def _unreadable(archive, err):
@@ -74,7 +80,7 @@ def unpack(archive, root=None):
         for member in members:
             _check(archive, member)
         root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".unpacking-", dir=root) as tmp:
+        with tempfile.TemporaryDirectory(prefix=UNPACKING, dir=root) as tmp:
             tar.extractall(tmp, members=members, filter="data")
             files = sorted((p for p in Path(tmp).rglob("*") if p.is_file()), key=lambda p: (p.suffix == ".json", p))
             for path in files:

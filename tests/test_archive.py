@@ -22,6 +22,8 @@ def test_pack_then_unpack_restores_every_file(tmp_path):
     files = fake_results(tmp_path / "cluster")
     run = Path("03_smnist/abc/lsnn")
     (tmp_path / "cluster" / run / "linked.pt").symlink_to("model.pt")  # links are packed as the files they name
+    (tmp_path / "cluster" / f"{archive.UNPACKING}x7" / run).mkdir(parents=True)  # an unpack killed outright: left out
+    (tmp_path / "cluster" / f"{archive.UNPACKING}x7" / run / "model.pt").write_bytes(b"half")
     os.link(tmp_path / "cluster" / run / "metrics.csv", tmp_path / "cluster" / run / "copy.csv")
     files[run / "linked.pt"], files[run / "copy.csv"] = files[run / "model.pt"], files[run / "metrics.csv"]
     assert archive.pack(tmp_path / "runs.tar.gz", tmp_path / "cluster") == len(files) == 4
