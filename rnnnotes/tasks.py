@@ -348,6 +348,9 @@ def _lagged_bits(batch_size, n_steps, delay, order, n_in, sigma, first_step, gen
     require_positive(sigma=sigma)
     if first_step not in ("original", "causal"):
         raise ValueError(f"first_step must be 'original' or 'causal', got {first_step!r}")
+    if order and not delay:
+        raise ValueError(f"delay must be at least 1 for a parity (order={order}): at delay 0 every lag is the current "
+                         f"bit and the target is always 0")
     lags = 2 ** order
     start = max(delay * lags - (first_step == "original"), 0)
     if start >= n_steps:

@@ -54,7 +54,8 @@ def test_copy_task_copies_the_bit_delay_steps_back():
 
 
 @pytest.mark.parametrize("kwargs, name", [
-    (dict(delay=-1), "delay"), (dict(order=0), "order"), (dict(delay=20, n_steps=30), "empty"),
+    (dict(delay=-1), "delay"), (dict(delay=0), "delay must be at least 1"), (dict(order=0), "order"),
+    (dict(delay=20, n_steps=30), "empty"),
     (dict(first_step="late"), "first_step"), (dict(n_in=0), "n_in")])
 def test_bad_task_arguments_are_named(kwargs, name):
     args = dict(n_steps=30, delay=3)
