@@ -216,7 +216,7 @@ def forward_mode_gradient(net, u, target):
 def gradient_costs(forward_sizes, bptt_sizes, *, n_steps=66, seed=0, device="cpu"):
     """The cost of one gradient of :func:`final_loss` over an ``n_steps`` episode (float64, batch 1, random inputs
     and target from the stream ``(seed, "gradient-costs", n)``) for a :class:`PlasticRNN` of each size: BOHP's
-    forward mode (:func:`forward_mode_gradient`; memory: the bytes it carries, :func:`forward_mode_bytes`) at
+    forward mode (:func:`forward_mode_gradient`; memory: its computed peak, :func:`forward_mode_bytes`) at
     ``forward_sizes`` and BPTT (:func:`bptt_gradient`; memory: the bytes autograd saves) at ``bptt_sizes``. One
     timed call each. Returns a DataFrame: method, N, seconds, MB."""
     device, rows = torch.device(device), []
