@@ -1,4 +1,5 @@
-"""Task losses and metrics on window-averaged readouts (see ``tasks.Batch``), and the firing-rate regulariser.
+"""Task losses and metrics on window-averaged readouts (see ``tasks.Batch``), the firing-rate regulariser and spike
+statistics.
 
 A batch names its loss (``batch.loss``, a key of :data:`LOSSES`): windowed cross-entropy for class labels, masked
 MSE for real-valued targets. Both see the readout averaged over each window, and only the windows in ``batch.mask``.
@@ -70,6 +71,13 @@ def accuracy(out, batch):
 def firing_rate_hz(z):
     """Mean rate per neuron in Hz over time and batch; spikes ``z`` are in units of 1/dt with dt in ms."""
     return z.mean(dim=(0, 1)) * 1000.0
+
+
+def isi_cv(z):
+    r"""Regularity of firing: the coefficient of variation :math:`\sigma / \mu` of the inter-spike intervals of
+    ``z (T, n)``, pooled over the neurons (NaN with fewer than two intervals)."""
+    intervals = torch.cat([torch.diff(torch.nonzero(column).flatten()) for column in z.T]).double()
+    return (intervals.std(correction=0) / intervals.mean()).item() if intervals.numel() > 1 else float("nan")
 
 
 def rate_regularizer(z, *, target_hz):

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rnnnotes.losses import (LOSSES, Objective, accuracy, firing_rate_hz, l2_penalty, masked_mse,
+from rnnnotes.losses import (LOSSES, Objective, accuracy, firing_rate_hz, isi_cv, l2_penalty, masked_mse,
                              rate_regularizer, task_loss, window_logits, windowed_cross_entropy)
 from rnnnotes.tasks import Batch
 
@@ -97,6 +97,14 @@ def test_rate_regularizer_and_l2_penalty_by_hand():
     assert firing_rate_hz(z).tolist() == [500.0, 0.0]
     assert rate_regularizer(z, target_hz=10.0).item() == pytest.approx(0.49 ** 2 + 0.01 ** 2)
     assert l2_penalty([torch.tensor([1.0, -2.0]), torch.tensor([[3.0]])]).item() == 7.0
+
+
+def test_isi_cv_pools_the_intervals_of_every_neuron_by_hand():
+    z = torch.zeros(8, 3)
+    z[[0, 2, 6], 0] = 1.0  # intervals 2, 4
+    z[[1, 4], 1] = 1.0  # interval 3; neuron 2 silent
+    assert isi_cv(z) == pytest.approx(math.sqrt(2 / 3) / 3)  # intervals 2, 3, 4: std sqrt(2/3), mean 3
+    assert math.isnan(isi_cv(z[:, 1:])), "one interval has no spread"
 
 
 @pytest.mark.parametrize("kwargs, name", [(dict(rate_weight=-0.1), "rate_weight"), (dict(target_hz=-10.0), "target_hz"),
