@@ -15,6 +15,7 @@ setup: $(VENV)/.installed book/_vendor/.fetched
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r requirements.txt -e . $(PIP_QUIET)
+	$(PY) -m rnnnotes.native
 	touch $@
 
 book/_vendor/.fetched: book/fetch_assets.sh

@@ -85,7 +85,8 @@ def profile(fns, device, steps, top):
 
 def print_header(args, device_names):
     package = pathlib.Path(cells.__file__).parent
-    source_sha = hashlib.sha1(b"".join(p.read_bytes() for p in sorted(package.glob("*.py")))).hexdigest()[:8]
+    sources = sorted([*package.glob("*.py"), *package.glob("*.cpp")])
+    source_sha = hashlib.sha1(b"".join(p.read_bytes() for p in sources)).hexdigest()[:8]
     print(f"torch {torch.__version__}, norse {getattr(norse, '__version__', '?')}, snntorch {snntorch.__version__}, "
           f"rnnnotes sources sha1 {source_sha} ({package}), {args.threads} CPU threads (load avg "
           f"{os.getloadavg()[0]:.1f}), {torch.cuda.get_device_name() if 'cuda' in device_names else 'no GPU'}; "

@@ -16,9 +16,9 @@ the sequence on the plain path and differentiate that (:func:`differentiable_bac
 :mod:`rnnnotes.fused_rate`; under ``vmap`` it runs in a batched form (a leading seed dimension:
 :mod:`rnnnotes.seeds`); other ``torch.func`` transforms, ``vmap`` of a spiking layer and forward-mode AD take the
 plain path (:func:`choose`). ``fast=False`` on a call, :func:`disabled` around code, or ``RNNNOTES_FAST=0`` in the
-environment switch the fused path off. On CUDA the loops are replayed from CUDA graphs in training
-(:func:`run_sequence`). The readout's low-pass filter has its fused form beside the readout
-(:class:`rnnnotes.model.LowPass`).
+environment switch the fused path off. On the CPU the spiking loops' steps run compiled (:mod:`rnnnotes.native`,
+unless ``RNNNOTES_NATIVE=0``); on CUDA the loops are replayed from CUDA graphs in training (:func:`run_sequence`).
+The readout's low-pass filter has its fused form beside the readout (:class:`rnnnotes.model.LowPass`).
 """
 import contextlib
 import os
@@ -29,6 +29,7 @@ import torch
 from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
+from . import native
 from .functional import cut_presynaptic, recurrent_input
 
 _switch = {"on": True, "graphs": True}
@@ -120,10 +121,8 @@ def _spiking_forward(current, w_stack, v, z, b, ref, presynaptic, beta, k):
     steps on which a neuron may spike (``None`` without refractoriness)."""
     T, B, n = current.shape
     V, A = current.new_empty(T, B, n), current.new_empty(T, B, n)
-    allowed = torch.empty(T, B, n, dtype=torch.bool, device=current.device) if k.n_ref else None
     if not k.adaptive:
         A.fill_(k.thr)
-    thr = current.new_full((), k.thr)
     last_spike = ref - (k.n_ref + 1)  # refractory counter as a time: a neuron may spike at t iff <= t - 1 - n_ref
     if k.n_delay == 1:
         Z = current.new_empty(T, B, n)
@@ -131,6 +130,15 @@ def _spiking_forward(current, w_stack, v, z, b, ref, presynaptic, beta, k):
         history = current.new_empty(B, k.n_delay + T, n)
         history[:, :k.n_delay] = presynaptic.view(B, k.n_delay, n).flip(1)
         Z, window = history[:, k.n_delay:].transpose(0, 1), _delay_window(w_stack, k.n_delay)
+    allowed = torch.empty(T, B, n, dtype=torch.bool, device=current.device) if k.n_ref else None
+    loops = native.spiking_loops(current)
+    if loops is not None:
+        loops.forward(native.rows(current), w_stack if k.n_delay == 1 else window, native.rows(v), native.rows(z), b,
+                      last_spike.to(current).contiguous(), beta.contiguous(), V, A, Z,
+                      None if k.n_delay == 1 else history, allowed, k.alpha, k.rho, k.thr, k.dt, k.n_ref, k.n_delay,
+                      k.adaptive, k.positive)
+        return Z, V, A, allowed
+    thr = current.new_full((), k.thr)
     for t in range(T):
         a = A[t]
         if k.adaptive:
@@ -155,13 +163,19 @@ def _spiking_forward(current, w_stack, v, z, b, ref, presynaptic, beta, k):
 
 
 def _weight_gradient(Z, presynaptic, grad_drive, n_delay):
-    r"""``(D n, n)``: :math:`\partial L / \partial W^{(d)} = \sum_t z_{t-1-d}^T \delta_t`, one matmul per delay."""
+    r"""``(D n, n)``: :math:`\partial L / \partial W^{(d)} = \sum_t z_{t-1-d}^T \delta_t`, per delay one matmul
+    over the steps ``t > d`` (spikes of the sequence) and one over the first ``d + 1`` (the initial history)."""
     T, B, n = Z.shape
-    history = presynaptic.view(B, n_delay, n).flip(1).transpose(0, 1)  # z_{-D}, ..., z_{-1}
-    spikes = torch.cat([history, Z[:-1]])
-    delta = grad_drive.reshape(T * B, n)
-    return torch.cat([spikes[n_delay - 1 - d:n_delay - 1 - d + T].reshape(T * B, n).T @ delta
-                      for d in range(n_delay)])
+    history = presynaptic.view(B, n_delay, n).transpose(0, 1)  # z_{-1}, ..., z_{-D}
+    blocks = []
+    for d in range(n_delay):
+        early = min(d + 1, T)  # steps whose z_{t-1-d} is z_{-1-d+t} of the history
+        spikes = history[d - early + 1:d + 1].flip(0).reshape(early * B, n)
+        block = spikes.T @ grad_drive[:early].reshape(early * B, n)
+        if T > early:
+            block.addmm_(Z[:T - early].reshape(-1, n).T, grad_drive[early:].reshape(-1, n))
+        blocks.append(block)
+    return torch.cat(blocks)
 
 
 class _Grads(NamedTuple):
@@ -183,21 +197,17 @@ def _sensitivities(Z, V, A, allowed, v0, k):
     return P, (u.add_(1.0).mul_(P) if k.adaptive else None)
 
 
-def _spiking_backward(grads, saved, w_stack, presynaptic, k):
-    r"""BPTT through :func:`_spiking_forward`: the gradients of the drive ``I_t + r_t``, the stacked weights and the
-    initial ``v``, ``z``, ``b`` and spike history. ``G[t]`` accumulates :math:`\partial L / \partial v_t`."""
-    Z, V, A, allowed, v0, z0 = saved
+def _backward_steps(grads, Z, V, A, allowed, v0, z0, G, later, w_back, k):
+    r"""The adjoint recursion of :func:`_spiking_forward`, step by step from the last: fills ``G`` and returns the
+    gradients of the initial ``v``, ``z`` and ``b``."""
     T, B, n = Z.shape
+    dv0, dz, db = v0.new_empty(B, n), v0.new_zeros(B, n), v0.new_zeros(B, n)
+    loops = native.spiking_loops(Z)
+    if loops is not None:
+        loops.backward(V, A, Z, allowed, native.rows(v0), native.rows(z0), G, later, w_back, *map(native.rows, grads),
+                       dv0, dz, db, k.alpha, k.rho, k.thr, k.dt, k.gamma, k.n_delay, k.adaptive, k.cut)
+        return dv0, dz, db
     P, R = _sensitivities(Z, V, A, allowed, v0, k)
-    dv0, dz, db = torch.empty_like(v0), torch.zeros_like(v0), torch.zeros_like(v0)
-    # d drive_t / d v_t = 1 - alpha folded into the weights; with delays, G[t] is later[:, t] and the window of the
-    # drive gradients that reach z_{t-1}, steps t .. t + D - 1, is later[:, t:t + D] (zero past the last step)
-    w_back = (w_stack.T if k.n_delay == 1 else _delay_window(w_stack, k.n_delay, adjoint=True)) * (1.0 - k.alpha)
-    if k.n_delay == 1:
-        G = torch.zeros_like(Z)
-    else:
-        later = Z.new_zeros(B, T + k.n_delay - 1, n)
-        G = later[:, :T].transpose(0, 1)
     for t in range(T - 1, -1, -1):
         g_v, g_z = G[t], dz if grads.z is None else dz.add_(grads.z[t])
         if grads.v is not None:
@@ -219,6 +229,26 @@ def _spiking_backward(grads, saved, w_stack, presynaptic, k):
             dz.addmm_(g_v, w_back)
         elif not k.cut:  # z_{t-1} feeds the drive of step t + d through W^(d); e-prop cuts this path
             dz.addmm_(later[:, t:t + k.n_delay].reshape(B, -1), w_back)
+    return dv0, dz, db
+
+
+def _spiking_backward(grads, saved, w_stack, presynaptic, k):
+    r"""BPTT through :func:`_spiking_forward`: the gradients of the drive ``I_t + r_t``, the stacked weights and the
+    initial ``v``, ``z``, ``b`` and spike history. ``G[t]`` accumulates :math:`\partial L / \partial v_t`."""
+    Z, V, A, allowed, v0, z0 = saved
+    T, B, n = Z.shape
+    # d drive_t / d v_t = 1 - alpha folded into the weights; with delays, G[t] is later[:, t] and the window of the
+    # drive gradients that reach z_{t-1}, steps t .. t + D - 1, is later[:, t:t + D] (zero past the last step)
+    w_back = (w_stack.T if k.n_delay == 1 else _delay_window(w_stack, k.n_delay, adjoint=True)) * (1.0 - k.alpha)
+    later = None
+    if k.n_delay == 1:
+        G = torch.empty_like(Z)
+        G[-1].zero_()
+    else:
+        later = Z.new_empty(B, T + k.n_delay - 1, n)
+        later[:, T - 1:].zero_()
+        G = later[:, :T].transpose(0, 1)
+    dv0, dz, db = _backward_steps(grads, Z, V, A, allowed, v0, z0, G, later, w_back, k)
     # z_{-1-lag} of the initial history reaches the drives of steps 0 .. D - 1 - lag through W^(lag), ..., W^(D-1)
     grad_history = torch.cat([torch.zeros_like(v0) if k.cut else later[:, :k.n_delay - lag].reshape(B, -1)
                               @ w_back[lag * n:] for lag in range(1, k.n_delay)] or [presynaptic[:, :0]], dim=1)

@@ -86,10 +86,11 @@ def save_table(path, frame):
 
 
 def source_hash():
-    """sha256 (12 hex digits) of the package's Python sources: part of every training run's key, so a changed
-    module never silently reuses a model that an older version trained."""
+    """sha256 (12 hex digits) of the package's sources (Python and the compiled loops' C++): part of every training
+    run's key, so a changed module never silently reuses a model that an older version trained."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    package = Path(__file__).parent
+    for path in sorted([*package.glob("*.py"), *package.glob("*.cpp")]):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
