@@ -16,6 +16,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
+
 SOURCE = Path(__file__).with_name("spiking_loops.cpp")
 _loaded = {}
 
@@ -70,9 +72,10 @@ def _ninja_on_path():
 
 
 def spiking_loops(like):
-    """The compiled loops for tensors like ``like``, or ``None`` where the Python loops run: not a CPU tensor,
-    ``RNNNOTES_NATIVE=0``, or the extension could not be built (a warning, once per process)."""
-    if like.device.type != "cpu" or os.environ.get("RNNNOTES_NATIVE", "1") == "0":
+    """The compiled loops for tensors like ``like``, or ``None`` where the Python loops run: not a float32 or
+    float64 CPU tensor, ``RNNNOTES_NATIVE=0``, or the extension could not be built (a warning, once per process)."""
+    if (like.device.type != "cpu" or like.dtype not in (torch.float32, torch.float64)
+            or os.environ.get("RNNNOTES_NATIVE", "1") == "0"):
         return None
     if "loops" not in _loaded:
         try:
@@ -90,5 +93,4 @@ def rows(x):
 
 
 if __name__ == "__main__":  # `python -m rnnnotes.native` (make setup): build now; without a compiler, say so
-    import torch
     print("rnnnotes: compiled CPU spiking loops", "ready" if spiking_loops(torch.zeros(1)) else "unavailable")

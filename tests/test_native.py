@@ -43,6 +43,9 @@ def test_the_compiled_loops_are_built_and_taken(monkeypatch):
     _layer_output(x)
     assert calls == []
     assert native.spiking_loops(torch.zeros(1, device="meta")) is None  # not a CPU tensor
+    assert native.spiking_loops(torch.zeros(1, dtype=torch.bfloat16)) is None  # a dtype it is not compiled for
+    cell = ALIF(5, 3, 4, n_ref=2, n_delay=2, thr=0.05, seed=1).to(torch.bfloat16)
+    assert cell(x.to(torch.bfloat16), fast=True).z.dtype == torch.bfloat16  # which the Python loops run
 
 
 def test_a_failed_build_warns_once_and_the_python_loops_run(monkeypatch):
