@@ -132,9 +132,9 @@ def _spiking_forward(current, w_stack, v, z, b, ref, presynaptic, beta, k):
         Z, window = history[:, k.n_delay:].transpose(0, 1), _delay_window(w_stack, k.n_delay)
     allowed = torch.empty(T, B, n, dtype=torch.bool, device=current.device) if k.n_ref else None
     loops = native.spiking_loops(current)
-    if loops is not None:
+    if loops is not None:  # last spike times rounded up: the same test against whole step numbers, exact updates
         loops.forward(native.rows(current), w_stack if k.n_delay == 1 else window, native.rows(v), native.rows(z), b,
-                      last_spike.to(current).contiguous(), beta.contiguous(), V, A, Z,
+                      last_spike.to(current).ceil(), beta.contiguous(), V, A, Z,
                       None if k.n_delay == 1 else history, allowed, k.alpha, k.rho, k.thr, k.dt, k.n_ref, k.n_delay,
                       k.adaptive, k.positive)
         return Z, V, A, allowed

@@ -37,7 +37,7 @@ def _build():
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
     name = directory.name
-    with open(directory / "rnnnotes.flock", "w") as lock:
+    with open(os.open(directory / "rnnnotes.flock", os.O_RDONLY | os.O_CREAT, 0o644)) as lock:  # flock needs no write
         fcntl.flock(lock, fcntl.LOCK_EX)
         (directory / "lock").unlink(missing_ok=True)
         if not (directory / f"{name}.so").exists():
@@ -52,7 +52,7 @@ def _build():
 def _remove_unless_locked(directory):
     """Remove the build ``directory`` of another source unless a process is building it now."""
     try:
-        with open(directory / "rnnnotes.flock", "a") as lock:
+        with open(os.open(directory / "rnnnotes.flock", os.O_RDONLY | os.O_CREAT, 0o644)) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             shutil.rmtree(directory, ignore_errors=True)
     except OSError:  # locked by a build in progress, or not ours

@@ -42,7 +42,7 @@ void forward_row(int64_t n, const T* R vp, const T* R zp, const T* R dp, T* R vo
     if constexpr (REFRACTORY) {  // arithmetic on 0/1, which the compiler vectorizes (not a conditional store)
       const T may = lp[j] <= latest ? T(1) : T(0), fires = above ? may : T(0);
       okp[j] = static_cast<uint8_t>(may);
-      lp[j] += fires * (now - lp[j]);  // the step where it fires; step numbers are exact in T
+      lp[j] += fires * (now - lp[j]);  // the step where it fires, exactly: lp holds whole numbers
       zo[j] = fires * spike;
     } else {
       zo[j] = above ? spike : T(0);
