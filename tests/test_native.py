@@ -69,7 +69,7 @@ def test_a_failed_build_warns_once_and_the_python_loops_run(monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler")
-def test_a_lock_file_left_by_a_killed_build_does_not_hang_the_next(tmp_path):
+def test_a_lock_file_left_by_a_killed_build_does_not_hang_the_next():
     """torch's builder waits for as long as its lock file exists; a build killed between creating and removing it
     leaves the file behind. A fresh process must still load the extension."""
     native.spiking_loops(torch.zeros(1))  # built (by make setup, or now)
